@@ -1,0 +1,1 @@
+"""spotex api package."""

@@ -1,0 +1,81 @@
+"""An open order: what it asked for, what it has filled, and what it still holds.
+
+Invariant (checked by the engine): a resting limit buy holds ``price × remaining`` in quote
+units, a resting limit sell ``remaining`` lots in base units; an order holds nothing once closed.
+"""
+
+from __future__ import annotations
+
+BUY = "buy"
+SELL = "sell"
+
+
+class Order:
+    """Mutable state of one accepted order, changed only by the engine applying facts."""
+
+    __slots__ = (
+        "booked",
+        "client_order_id",
+        "filled",
+        "filled_quote",
+        "hold",
+        "hold_asset",
+        "market",
+        "order_id",
+        "order_type",
+        "post_only",
+        "price",
+        "quantity",
+        "quote_quantity",
+        "remaining",
+        "side",
+        "stp",
+        "time_in_force",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        order_id: str,
+        user_id: str,
+        market: str,
+        side: str,
+        order_type: str,
+        price: int | None,
+        quantity: int | None,
+        quote_quantity: int | None,
+        hold: int,
+        hold_asset: str,
+        time_in_force: str,
+        post_only: bool,
+        stp: str,
+        client_order_id: str | None,
+    ) -> None:
+        self.order_id = order_id
+        self.user_id = user_id
+        self.market = market
+        self.side = side
+        self.order_type = order_type
+        self.price = price
+        self.quantity = quantity
+        self.quote_quantity = quote_quantity
+        self.remaining = quantity if quantity is not None else 0
+        self.filled = 0
+        self.filled_quote = 0
+        self.hold = hold
+        self.hold_asset = hold_asset
+        self.time_in_force = time_in_force
+        self.post_only = post_only
+        self.stp = stp
+        self.client_order_id = client_order_id
+        self.booked = False
+
+    def to_state(self) -> list[object]:
+        return [getattr(self, name) for name in self.__slots__]
+
+    @classmethod
+    def from_state(cls, row: list[object]) -> Order:
+        order = cls.__new__(cls)
+        for name, value in zip(cls.__slots__, row, strict=True):
+            setattr(order, name, value)
+        return order

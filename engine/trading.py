@@ -1,0 +1,342 @@
+"""Deciding orders: risk check and hold → match → settle both sides and fees → release the rest.
+
+Each function reads the state, raises ``Reject`` before emitting anything when the request must
+be refused, and otherwise emits facts in the order they happen. Matching is price-time priority
+at the maker's price. A taker's plan is computed first, reading the book only (``plan``), and
+then executed fact by fact, so FOK and market buys by base quantity know their outcome and
+exact cost before any money moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from domain.amounts import AmountError, to_units
+from domain.ledger import FEES
+from domain.markets import TRADING, Market, fee
+from domain.orders import BUY, SELL, Order
+from engine.exchange import Exchange, Reject, RequestRecord
+
+CANCEL_RESTING = "cancel_resting"
+CANCEL_TAKER = "cancel_taker"
+CANCEL_BOTH = "cancel_both"
+
+
+def merge_postings(*rows: tuple[str, str, int, int]) -> list[list[object]]:
+    """Postings in a stable order, one row per (account, asset), zero rows dropped."""
+    merged: dict[tuple[str, str], list[int]] = {}
+    for account, asset, d_available, d_frozen in rows:
+        row = merged.setdefault((account, asset), [0, 0])
+        row[0] += d_available
+        row[1] += d_frozen
+    return [[a, s, v[0], v[1]] for (a, s), v in merged.items() if v[0] or v[1]]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a taker would do against the book: fills and self-trade cancels, in order."""
+
+    steps: list[tuple[Order, int]] = field(default_factory=list)  # lots 0 = cancel the maker
+    lots: int = 0
+    cost: int = 0
+    stop: str | None = None  # "self_trade", "budget_spent" or None
+
+
+def plan(
+    ex: Exchange,
+    market: Market,
+    side: str,
+    user_id: str,
+    limit: int | None,
+    lots: int | None,
+    budget: int | None,
+    stp: str,
+) -> Plan:
+    """Walk the book as a taker would, without changing it."""
+    result = Plan()
+    want = lots
+    nu = market.notional_units
+    for maker in ex.books[market.symbol].makers(side, limit):
+        if maker.user_id == user_id:
+            if stp == CANCEL_TAKER:
+                result.stop = "self_trade"
+                break
+            result.steps.append((maker, 0))
+            if stp == CANCEL_BOTH:
+                result.stop = "self_trade"
+                break
+            continue
+        take = maker.remaining if want is None else min(maker.remaining, want)
+        spent = False
+        if budget is not None:
+            affordable = (budget - result.cost) // (maker.price * nu)  # type: ignore[operator]
+            if affordable < take:  # prices only get worse from here: the budget is spent
+                take, spent = affordable, True
+        if take:
+            result.steps.append((maker, take))
+            result.lots += take
+            result.cost += take * maker.price * nu  # type: ignore[operator]
+        if spent:
+            result.stop = "budget_spent"
+            break
+        if want is not None:
+            want -= take
+            if want == 0:
+                break
+    return result
+
+
+def place_order(ex: Exchange, req: RequestRecord) -> None:
+    cmd = req.command
+    user_id = ex.require_actor(req, "trader")
+    market = ex.market(cmd["market"])
+    if ex.status.get(market.symbol) != TRADING:
+        raise Reject("market_not_trading", f"{market.symbol} is {ex.status.get(market.symbol)}")
+    side, order_type = cmd["side"], cmd["type"]
+    if side not in (BUY, SELL) or order_type not in ("limit", "market"):
+        raise Reject("invalid_request", "side must be buy or sell, type limit or market")
+    coid = cmd.get("client_order_id")
+    if coid is not None and f"order:{user_id}:{coid}" in ex.keys:
+        raise Reject("duplicate", f"client order id {coid!r} was used before")
+    stp = cmd.get("self_trade_prevention", CANCEL_RESTING)
+    tif = cmd.get("time_in_force", "GTC") if order_type == "limit" else "IOC"
+    post_only = bool(cmd.get("post_only", False))
+    price = lots = quote_quantity = None
+    try:
+        if order_type == "limit":
+            price = market.price_ticks(cmd["price"])
+        if cmd.get("quantity") is not None:
+            lots = market.quantity_lots(cmd["quantity"])
+    except AmountError as exc:
+        code = "invalid_price" if "price" in str(exc) else "invalid_quantity"
+        raise Reject(code, str(exc)) from None
+    if order_type == "market" and cmd.get("quote_quantity") is not None:
+        if side != BUY or lots is not None:
+            raise Reject("invalid_request", "quote_quantity is only for market buys")
+        try:
+            quote_quantity = to_units(cmd["quote_quantity"], market.quote_precision, "quote_quantity")
+        except AmountError as exc:
+            raise Reject("invalid_amount", str(exc)) from None
+        if quote_quantity <= 0:
+            raise Reject("invalid_amount", "quote_quantity must be positive")
+    elif lots is None:
+        raise Reject("invalid_quantity", "quantity is required")
+
+    book = ex.books[market.symbol]
+    if order_type == "limit":
+        assert price is not None and lots is not None
+        if market.cost(price, lots) < market.min_notional_units:
+            raise Reject("min_notional", f"order value is below {market.min_notional} {market.quote}")
+        if post_only and book.would_take(side, price):
+            raise Reject("would_take", "a post-only order would have taken liquidity")
+        if tif == "FOK" and plan(ex, market, side, user_id, price, lots, None, stp).lots < lots:
+            raise Reject("fok_not_filled", "the book cannot fill the whole quantity at once")
+        hold = market.cost(price, lots) if side == BUY else market.base_units(lots)
+    elif quote_quantity is not None:
+        if quote_quantity < market.min_notional_units:
+            raise Reject("min_notional", f"order value is below {market.min_notional} {market.quote}")
+        hold = quote_quantity
+    elif side == BUY:
+        hold = plan(ex, market, side, user_id, None, lots, None, stp).cost
+    else:
+        hold = market.base_units(lots)  # type: ignore[arg-type]
+    hold_asset = market.quote if side == BUY else market.base
+    available = ex.ledger.available(user_id, hold_asset)
+    if hold > available:
+        raise Reject("insufficient_funds", f"needs {hold} {hold_asset} units, has {available}")
+
+    ex.emit(
+        {
+            "type": "OrderAccepted",
+            "order_id": req.request_id,
+            "user_id": user_id,
+            "client_order_id": coid,
+            "market": market.symbol,
+            "side": side,
+            "order_type": order_type,
+            "price": price,
+            "quantity": lots,
+            "quote_quantity": quote_quantity,
+            "time_in_force": tif,
+            "post_only": post_only,
+            "self_trade_prevention": stp,
+            "hold_asset": hold_asset,
+            "hold": hold,
+            "postings": merge_postings((user_id, hold_asset, -hold, hold)),
+        }
+    )
+    take(ex, market, ex.orders[req.request_id])
+
+
+def take(ex: Exchange, market: Market, order: Order) -> None:
+    """Match an accepted order as a taker, then rest it or close it."""
+    budget = order.hold if order.quote_quantity is not None else None
+    lots = order.remaining if order.quantity is not None else None
+    p = plan(ex, market, order.side, order.user_id, order.price, lots, budget, order.stp)
+    for maker, fill in p.steps:
+        if fill == 0:
+            close(ex, maker, "cancelled", "self_trade")
+            continue
+        trade(ex, market, maker, order, fill)
+        if maker.remaining == 0:
+            close(ex, maker, "filled", "filled")
+    if order.quantity is not None and order.remaining == 0:
+        close(ex, order, "filled", "filled")
+    elif p.stop == "self_trade":
+        close(ex, order, "cancelled", "self_trade")
+    elif p.stop == "budget_spent" or (order.quote_quantity is not None and order.hold == 0):
+        close(ex, order, "filled", "budget_spent")
+    elif order.order_type == "market":
+        close(ex, order, "expired", "no_liquidity")
+    elif order.time_in_force != "GTC":
+        close(ex, order, "expired", "time_in_force")
+    else:
+        ex.emit(
+            {
+                "type": "OrderBooked",
+                "order_id": order.order_id,
+                "market": order.market,
+                "side": order.side,
+                "price": order.price,
+                "remaining": order.remaining,
+            }
+        )
+
+
+def trade(ex: Exchange, market: Market, maker: Order, taker: Order, lots: int) -> None:
+    base_amount = market.base_units(lots)
+    quote_amount = market.cost(maker.price, lots)  # type: ignore[arg-type]
+    t, m = taker.user_id, maker.user_id
+    base, quote = market.base, market.quote
+    if taker.side == BUY:
+        taker_fee, taker_fee_asset = fee(base_amount, market.taker_fee_rate), base
+        maker_fee, maker_fee_asset = fee(quote_amount, market.maker_fee_rate), quote
+        taker_used = quote_amount if taker.price is None else market.cost(taker.price, lots)
+        maker_used = base_amount
+        postings = merge_postings(
+            (t, quote, taker_used - quote_amount, -taker_used),
+            (t, base, base_amount - taker_fee, 0),
+            (m, base, 0, -base_amount),
+            (m, quote, quote_amount - maker_fee, 0),
+            (FEES, base, taker_fee, 0),
+            (FEES, quote, maker_fee, 0),
+        )
+    else:
+        taker_fee, taker_fee_asset = fee(quote_amount, market.taker_fee_rate), quote
+        maker_fee, maker_fee_asset = fee(base_amount, market.maker_fee_rate), base
+        taker_used, maker_used = base_amount, quote_amount
+        postings = merge_postings(
+            (t, base, 0, -base_amount),
+            (t, quote, quote_amount - taker_fee, 0),
+            (m, quote, 0, -quote_amount),
+            (m, base, base_amount - maker_fee, 0),
+            (FEES, quote, taker_fee, 0),
+            (FEES, base, maker_fee, 0),
+        )
+    ex.emit(
+        {
+            "type": "TradeExecuted",
+            "trade_id": ex.next_trade_id,
+            "market": market.symbol,
+            "price": maker.price,
+            "quantity": lots,
+            "base_amount": base_amount,
+            "quote_amount": quote_amount,
+            "taker_side": taker.side,
+            "maker_order_id": maker.order_id,
+            "maker_user_id": m,
+            "taker_order_id": taker.order_id,
+            "taker_user_id": t,
+            "maker_fee": maker_fee,
+            "maker_fee_asset": maker_fee_asset,
+            "taker_fee": taker_fee,
+            "taker_fee_asset": taker_fee_asset,
+            "maker_hold_used": maker_used,
+            "taker_hold_used": taker_used,
+            "postings": postings,
+        }
+    )
+
+
+def close(ex: Exchange, order: Order, status: str, reason: str) -> None:
+    released = order.hold
+    ex.emit(
+        {
+            "type": "OrderClosed",
+            "order_id": order.order_id,
+            "user_id": order.user_id,
+            "market": order.market,
+            "status": status,
+            "reason": reason,
+            "released": released,
+            "postings": merge_postings((order.user_id, order.hold_asset, released, -released)),
+        }
+    )
+
+
+def own_open_order(ex: Exchange, req: RequestRecord) -> Order:
+    user_id = ex.require_actor(req)
+    order = ex.orders.get(str(req.command["order_id"]))
+    if order is None or order.user_id != user_id:
+        raise Reject("unknown_order", "no open order with that id belongs to you")
+    return order
+
+
+def cancel_order(ex: Exchange, req: RequestRecord) -> None:
+    close(ex, own_open_order(ex, req), "cancelled", "user")
+
+
+def cancel_all_orders(ex: Exchange, req: RequestRecord) -> None:
+    user_id = ex.require_actor(req)
+    symbol = req.command.get("market")
+    if symbol is not None:
+        ex.market(symbol)
+    for oid in list(ex.user_orders.get(user_id, ())):
+        order = ex.orders[oid]
+        if symbol is None or order.market == symbol:
+            close(ex, order, "cancelled", "user")
+
+
+def amend_order(ex: Exchange, req: RequestRecord) -> None:
+    cmd = req.command
+    order = own_open_order(ex, req)
+    market = ex.markets[order.market]
+    if ex.status.get(market.symbol) != TRADING:
+        raise Reject("market_not_trading", f"{market.symbol} is {ex.status.get(market.symbol)}")
+    assert order.price is not None and order.quantity is not None
+    try:
+        price = order.price if cmd.get("price") is None else market.price_ticks(cmd["price"])
+        quantity = (
+            order.quantity if cmd.get("quantity") is None else market.quantity_lots(cmd["quantity"])
+        )
+    except AmountError as exc:
+        code = "invalid_price" if "price" in str(exc) else "invalid_quantity"
+        raise Reject(code, str(exc)) from None
+    if quantity <= order.filled:
+        raise Reject("invalid_quantity", "the new quantity must exceed what is already filled")
+    if market.cost(price, quantity) < market.min_notional_units:
+        raise Reject("min_notional", f"order value is below {market.min_notional} {market.quote}")
+    remaining = quantity - order.filled
+    kept = price == order.price and quantity <= order.quantity
+    if not kept and order.post_only and ex.books[market.symbol].would_take(order.side, price):
+        raise Reject("would_take", "a post-only order would have taken liquidity")
+    hold = market.cost(price, remaining) if order.side == BUY else market.base_units(remaining)
+    delta = hold - order.hold
+    available = ex.ledger.available(order.user_id, order.hold_asset)
+    if delta > available:
+        raise Reject("insufficient_funds", f"needs {delta} more {order.hold_asset} units")
+    ex.emit(
+        {
+            "type": "OrderAmended",
+            "order_id": order.order_id,
+            "user_id": order.user_id,
+            "market": market.symbol,
+            "price": price,
+            "quantity": quantity,
+            "priority": "kept" if kept else "lost",
+            "hold": hold,
+            "postings": merge_postings((order.user_id, order.hold_asset, -delta, delta)),
+        }
+    )
+    if not kept:
+        take(ex, market, order)

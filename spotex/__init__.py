@@ -1,0 +1,1 @@
+"""spotex spotex package."""
