@@ -1,0 +1,347 @@
+"""The two logs on the ``eventsourcing`` library's recorders, and the engine's snapshots.
+
+``requests``: one stream per request (its id is the request's ``event_id``), appended by the api;
+a retried command with an idempotency key maps to the same stream and the store's unique key
+refuses the second insert. ``exchange``: one stream of outcomes whose versions count 1, 2, 3…,
+written only by the engine, each batch together with the tracking position of the last request
+it consumed, in one transaction (``ProcessRecorder.insert_events(..., tracking=...)``). A second
+engine would collide on the stream's version, so the store fences the single writer.
+
+The same code runs on POPO (in memory, unit tests), SQLite (one file per log, the embedded
+default) and PostgreSQL (tables prefixed with the log's name); see ``spotex.config``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    DatetimeAsISO,
+    InfrastructureFactory,
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+    UUIDAsHex,
+)
+from eventsourcing.utils import Environment, register_topic
+
+from engine.exchange import RequestRecord, canonical
+
+EXCHANGE_STREAM_ID = UUID("00000000-0000-4000-8000-00000000e0e0")
+SNAPSHOT_STREAM_ID = UUID("00000000-0000-4000-8000-00000000ea5e")
+GENESIS_HASH = "0" * 64
+REQUESTS = "requests"
+
+
+class Request(DomainEvent):
+    """A command as the api received it; the engine alone decides what it does."""
+
+    TOPIC = "spotex:Request"
+    actor: str | None
+    command: dict[str, Any]
+
+
+class Outcome(DomainEvent):
+    """What the engine decided for one request: its facts, hash-chained to the previous outcome."""
+
+    TOPIC = "spotex:Outcome"
+    request_id: str
+    request_position: int
+    actor: str | None
+    command: str | None
+    facts: list[dict[str, Any]]
+    prev_hash: str
+    hash: str
+
+
+register_topic(Request.TOPIC, Request)
+register_topic(Outcome.TOPIC, Outcome)
+
+
+def outcome_hash(
+    prev_hash: str,
+    seq: int,
+    request_id: str,
+    request_position: int,
+    time: str,
+    actor: str | None,
+    command: str | None,
+    facts: list[dict[str, Any]],
+) -> str:
+    """The chain link: sha256 over the previous hash and this outcome's canonical content."""
+    body = canonical([seq, request_id, request_position, time, actor, command, facts])
+    return hashlib.sha256(prev_hash.encode() + body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    position: int
+    seq: int
+    time: str
+    request_id: str
+    request_position: int
+    actor: str | None
+    command: str | None
+    facts: list[dict[str, Any]]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    exchange_position: int
+    request_position: int
+    last_hash: str
+    state: dict[str, Any]
+
+
+class RequestConflict(Exception):
+    """The request id is taken by a different request (idempotency key reused)."""
+
+    def __init__(self, request_id: UUID, position: int, existing: dict[str, Any]) -> None:
+        super().__init__(f"request {request_id} exists with a different body")
+        self.request_id = request_id
+        self.position = position
+        self.existing = existing
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    request_id: UUID
+    position: int
+    created: bool  # False: an identical request was appended before (idempotent retry)
+
+
+class Logs:
+    """The requests log, the exchange log and the snapshot store of one deployment."""
+
+    def __init__(
+        self,
+        requests: ApplicationRecorder,
+        exchange: ProcessRecorder,
+        snapshots: AggregateRecorder,
+    ) -> None:
+        self.requests = requests
+        self.exchange = exchange
+        self.snapshots = snapshots
+        transcoder = JSONTranscoder()
+        transcoder.register(UUIDAsHex())
+        transcoder.register(DatetimeAsISO())
+        self.mapper: Mapper[UUID] = Mapper(transcoder=transcoder)
+
+    @classmethod
+    def open(cls, envs: dict[str, dict[str, str]]) -> Logs:
+        """Build the recorders from one eventsourcing environment per log name."""
+        req_factory = InfrastructureFactory.construct(Environment(REQUESTS, envs[REQUESTS]))
+        ex_factory = InfrastructureFactory.construct(Environment("exchange", envs["exchange"]))
+        return cls(
+            req_factory.application_recorder(),
+            ex_factory.process_recorder(),
+            ex_factory.aggregate_recorder("snapshots"),
+        )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def append_request(
+        self, request_id: UUID, actor: str | None, command: dict[str, Any], time: datetime
+    ) -> Appended:
+        """Append one request; an identical retry returns the original, a different body raises."""
+        event = Request(
+            originator_id=request_id,
+            originator_version=1,
+            timestamp=time,
+            actor=actor,
+            command=command,
+        )
+        try:
+            ids = self.requests.insert_events([self.mapper.to_stored_event(event)])
+        except IntegrityError:
+            existing = self.request(request_id)
+            if existing is None:
+                raise
+            position, original = existing
+            if original.actor != actor or original.command != command:
+                raise RequestConflict(request_id, position, original.command) from None
+            return Appended(request_id, position, False)
+        assert ids, "the recorder must return the notification id"
+        return Appended(request_id, ids[0], True)
+
+    def request(self, request_id: UUID) -> tuple[int, Request] | None:
+        """The request with this id and its position, or None."""
+        stored = self.requests.select_events(request_id, limit=1)
+        if not stored:
+            return None
+        position = self._position_of(request_id)
+        return position, self._decode_request(stored[0])
+
+    def _position_of(self, request_id: UUID) -> int:
+        recorder: Any = self.requests
+        if hasattr(recorder, "datastore") and hasattr(recorder.datastore, "schema"):  # PostgreSQL
+            from psycopg.sql import SQL, Identifier
+
+            query = SQL("SELECT notification_id FROM {}.{} WHERE originator_id = %s").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+            )
+            with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(query, (request_id,))
+                row = curs.fetchone()
+                return int(row["notification_id"])
+        if hasattr(recorder, "datastore"):  # SQLite: the notification id is the rowid
+            with recorder.datastore.transaction(commit=False) as c:
+                c.execute(
+                    f"SELECT rowid FROM {recorder.events_table_name} WHERE originator_id = ?",
+                    (request_id.hex,),
+                )
+                return int(c.fetchone()[0])
+        for i, stored in enumerate(recorder._stored_events):  # POPO
+            if stored.originator_id == request_id:
+                return i + 1
+        raise KeyError(request_id)
+
+    def _decode_request(self, stored: StoredEvent) -> Request:
+        event = self.mapper.to_domain_event(stored)
+        assert isinstance(event, Request)
+        return event
+
+    def read_requests(self, after: int, limit: int) -> list[RequestRecord]:
+        """Requests after a position, in log order (positions may have gaps on PostgreSQL)."""
+        out = []
+        for n in self.requests.select_notifications(
+            start=after, limit=limit, inclusive_of_start=False
+        ):
+            event = self._decode_request(n)
+            out.append(
+                RequestRecord(
+                    str(event.originator_id),
+                    n.id,
+                    event.timestamp.isoformat(),
+                    event.actor,
+                    event.command,
+                )
+            )
+        return out
+
+    def last_request_position(self) -> int:
+        return self.requests.max_notification_id() or 0
+
+    # -- the exchange log -------------------------------------------------------------------
+
+    def commit(self, outcomes: Sequence[Outcome], request_position: int) -> Sequence[int]:
+        """Append a batch of outcomes and the tracking position in one transaction."""
+        stored = [self.mapper.to_stored_event(o) for o in outcomes]
+        ids = self.exchange.insert_events(stored, tracking=Tracking(REQUESTS, request_position))
+        assert ids is not None
+        return ids
+
+    def engine_position(self) -> int:
+        """The position of the last request whose outcome is committed."""
+        return self.exchange.max_tracking_id(REQUESTS) or 0
+
+    def last_outcome_position(self) -> int:
+        return self.exchange.max_notification_id() or 0
+
+    def decode_outcome(self, n: Notification) -> RecordedOutcome:
+        o = self.mapper.to_domain_event(n)
+        assert isinstance(o, Outcome)
+        return RecordedOutcome(
+            n.id,
+            o.originator_version,
+            o.timestamp.isoformat(),
+            o.request_id,
+            o.request_position,
+            o.actor,
+            o.command,
+            o.facts,
+            o.prev_hash,
+            o.hash,
+        )
+
+    def read_outcomes(
+        self, after: int, limit: int, until: int | None = None
+    ) -> list[RecordedOutcome]:
+        return [
+            self.decode_outcome(n)
+            for n in self.exchange.select_notifications(
+                start=after, limit=limit, stop=until, inclusive_of_start=False
+            )
+        ]
+
+    def iter_outcomes(
+        self, after: int = 0, until: int | None = None, page: int = 1000
+    ) -> Iterator[RecordedOutcome]:
+        while True:
+            batch = self.read_outcomes(after, page, until)
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1].position
+
+    def iter_requests(self, after: int = 0, until: int | None = None, page: int = 1000
+                      ) -> Iterator[RequestRecord]:
+        while True:
+            batch = self.read_requests(after, page)
+            for r in batch:
+                if until is not None and r.position > until:
+                    return
+                yield r
+            if len(batch) < page:
+                return
+            after = batch[-1].position
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        body = canonical(
+            {
+                "seq": snapshot.seq,
+                "exchange_position": snapshot.exchange_position,
+                "request_position": snapshot.request_position,
+                "last_hash": snapshot.last_hash,
+                "state": snapshot.state,
+            }
+        )
+        checksum = hashlib.sha256(body).hexdigest().encode()
+        stored = StoredEvent(
+            originator_id=SNAPSHOT_STREAM_ID,
+            originator_version=snapshot.seq,
+            topic="spotex:EngineSnapshot",
+            state=checksum + b"\n" + zlib.compress(body, 1),
+        )
+        # A snapshot at this sequence may exist already: identical, by determinism.
+        with contextlib.suppress(IntegrityError):
+            self.snapshots.insert_events([stored])
+
+    def latest_snapshots(self, limit: int = 3) -> Iterator[Snapshot]:
+        """Valid snapshots, newest first; a corrupt one (checksum mismatch) is skipped."""
+        for stored in self.snapshots.select_events(SNAPSHOT_STREAM_ID, desc=True, limit=limit):
+            checksum, _, packed = stored.state.partition(b"\n")
+            try:
+                body = zlib.decompress(packed)
+            except zlib.error:
+                continue
+            if hashlib.sha256(body).hexdigest().encode() != checksum:
+                continue
+            data = json.loads(body)
+            yield Snapshot(
+                data["seq"],
+                data["exchange_position"],
+                data["request_position"],
+                data["last_hash"],
+                data["state"],
+            )
