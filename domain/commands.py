@@ -40,7 +40,7 @@ def _decimal_string(value: Any, what: str, *, positive: bool = True) -> str:
         raise ValueError(f"{what} must not be negative")
     if abs(number) >= Decimal(10) ** 30:
         raise ValueError(f"{what} is too large")
-    return value.strip()
+    return str(value).strip()
 
 
 def derived_id(*parts: str) -> uuid.UUID:

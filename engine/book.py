@@ -103,7 +103,7 @@ class Book:
     def depth(self, side: str, limit: int | None = None) -> list[tuple[int, int]]:
         """``[(ticks, total lots)]`` best first."""
         levels, sign = self._side(side)
-        out = []
+        out: list[tuple[int, int]] = []
         for key, level in levels.items():
             if limit is not None and len(out) >= limit:
                 break
