@@ -115,6 +115,8 @@ class Actor:
         return self.s.user_ids[self.username]
 
     def _req(self, command: c.Command, name: str | None = None) -> Req:
+        if name is not None:  # its id is fixed by the name (a client order id or a reference)
+            self.s.name(name, str(c.request_id_for(command, self.s.actor_id(self.username))))
         return Req(self.username, command, name)
 
     # -- orders ------------------------------------------------------------------------------
@@ -187,8 +189,10 @@ class Actor:
         return self._req(c.ListAsset(symbol=symbol, precision=precision))
 
     def list_market(self, symbol: str, tick: str, lot: str, **kw: str) -> Req:
+        """``kw``: min_notional, maker_fee, taker_fee; base and quote default to the symbol's."""
         base, quote = symbol.split("-")
-        cmd = c.ListMarket(symbol=symbol, base=base, quote=quote, tick_size=tick, lot_size=lot, **kw)
+        kw = {"base": base, "quote": quote, **kw}
+        cmd = c.ListMarket(symbol=symbol, tick_size=tick, lot_size=lot, **kw)
         return self._req(cmd)
 
     def halt(self, market: str = BTC_USDT) -> Req:
@@ -250,6 +254,14 @@ class Scenario:
     def order_id(self, name: str) -> uuid.UUID:
         return uuid.UUID(self.ids[name]) if name in self.ids else c.derived_id("unknown", name)
 
+    def actor_id(self, username: str | None) -> str | None:
+        return None if username is None else self.user_ids.get(username, username)
+
+    def name(self, name: str, some_id: str) -> None:
+        assert self.ids.get(name, some_id) == some_id, f"{name!r} names two things"
+        self.ids[name] = some_id
+        self.names[some_id] = name
+
     def name_of(self, some_id: str) -> str:
         return self.names.get(some_id, some_id)
 
@@ -257,14 +269,10 @@ class Scenario:
 
     def run(self, req: Req) -> list[Fact]:
         """Execute one request, record its facts, and check the invariants and the replay."""
-        actor_id = None if req.actor is None else self.user_ids.get(req.actor, req.actor)
+        actor_id = self.actor_id(req.actor)
         self.position += 1
         rid = c.request_id_for(req.command, actor_id) or c.derived_id("request", str(self.position))
         request_id = str(rid)
-        if req.name is not None:
-            assert req.name not in self.ids or self.ids[req.name] == request_id, req.name
-            self.ids[req.name] = request_id
-            self.names[request_id] = req.name
         time = (T0 + timedelta(seconds=self.position)).isoformat()
         record = RequestRecord(request_id, self.position, time, actor_id, req.command.to_log())
         facts = self.ex.execute(record)

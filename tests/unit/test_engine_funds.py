@@ -127,7 +127,7 @@ def test_only_admins_resolve_withdrawals(s: Scenario) -> None:
 
 
 def test_an_unknown_withdrawal_cannot_be_resolved(s: Scenario) -> None:
-    s.ids["ghost"] = "00000000-0000-0000-0000-000000000001"
+    s.name("ghost", "00000000-0000-0000-0000-000000000001")
 
     s.when_rejected(s.admin.complete("ghost"), "unknown_withdrawal")
 
