@@ -1,0 +1,146 @@
+"""The FastAPI application: ``create_app(services)`` builds it; nothing is built at import time.
+
+The routers follow API.md; OpenAPI at ``/openapi.json``, Swagger UI at ``/docs``. One ASGI
+middleware in front of everything applies the rate limits (per IP, and per user when a valid
+bearer token is present; 429 with ``Retry-After``) and records each request's count and latency
+per route template for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.ratelimit import retry_after_header
+from api.routers import (
+    assets,
+    auth,
+    balances,
+    deposits,
+    events,
+    fills,
+    market_data,
+    markets,
+    notifications,
+    ops,
+    orders,
+    transfers,
+    users,
+    withdrawals,
+)
+from api.security import InvalidToken, decode_token
+from api.services import Services
+
+UNLIMITED = ("/healthz", "/readyz", "/metrics")
+
+DESCRIPTION = """An event-sourced, ledger-first spot exchange.
+
+Commands answer `202 {"event_id", "position", ...ids}` at once; with `?wait=true` they answer
+`200` with the resulting resource once the engine committed the outcome and the read models show
+it. Amounts are decimal strings. Log in at `POST /v1/auth/token` (or with **Authorize** here).
+"""
+
+
+class EdgeMiddleware:
+    """Rate limits and request metrics, as plain ASGI (no per-request task or body copy)."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    def _user(self, scope: Scope) -> str | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer":
+                    return None
+                try:
+                    return decode_token(self.services.settings.jwt_secret, token.strip()).user_id
+                except InvalidToken:
+                    return None
+        return None
+
+    async def _limited(self, scope: Scope) -> float | None:
+        limiter = self.services.limiter
+        client = scope.get("client")
+        wait = await limiter.hit("ip", client[0] if client else "unknown")
+        if wait is None:
+            user = self._user(scope)
+            if user is not None:
+                wait = await limiter.hit("user", user)
+        return wait
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            wait = None if scope["path"] in UNLIMITED else await self._limited(scope)
+            if wait is not None:
+                response = errors.error_response(
+                    429, "rate_limited", "too many requests; retry after the time given",
+                    {"retry_after": round(wait, 3)}, {"Retry-After": retry_after_header(wait)},
+                )
+                await response(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.services.metrics.observe_request(
+                scope["method"], template, status, time.perf_counter() - started
+            )
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        close = getattr(services.limiter, "close", None)
+        if close is not None:
+            await close()
+
+    app = FastAPI(
+        title="spotex",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return errors.error_response(500, "internal_error", "the server failed; the request may be retried")
+
+    app.add_exception_handler(Exception, internal)
+    for module in (auth, users, assets, markets, market_data, deposits, withdrawals, transfers,
+                   balances, orders, fills, events, notifications, ops):
+        app.include_router(module.router)
+    app.add_middleware(EdgeMiddleware, services=services)
+    services.metrics.watch(lambda: _lags(services))
+    return app
+
+
+def _lags(services: Services) -> dict[str, Any]:
+    from api.health import readiness
+
+    return readiness(services)

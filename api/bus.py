@@ -1,0 +1,187 @@
+"""From a validated command to an acknowledged request, and (``?wait=true``) to its outcome.
+
+``submit`` appends the command to the requests log under its idempotency id and wakes the
+engine. The api never decides a command's fate: the answer at once is the request's id and
+position (202). With ``wait`` it then waits, within the server's limit, until the engine has
+committed the request's outcome and every read model has projected it, so the resource read
+next reflects the command (read your writes). One poller per app watches the positions for
+all waiting requests, so a thousand waiters cost one query per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from anyio import to_thread
+from fastapi.responses import JSONResponse
+
+from api.errors import ApiError
+from api.reads_extra import outcome_at
+from api.services import Services
+from domain.commands import Command, request_id_for
+from engine.log import RecordedOutcome, RequestConflict
+
+POLL_MIN, POLL_MAX = 0.001, 0.02
+log = logging.getLogger("spotex.api")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    request_id: str
+    position: int
+    created: bool
+    outcome: RecordedOutcome | None  # set when waited for: committed and projected
+
+    def receipt(self, **ids: Any) -> dict[str, Any]:
+        return {"event_id": self.request_id, "position": self.position, **ids}
+
+
+async def submit(
+    services: Services,
+    command: Command,
+    actor: str | None,
+    *,
+    wait: bool = False,
+    conflict: tuple[str, str] = ("idempotency_conflict", "this idempotency key was used with another body"),
+) -> Submitted:
+    request_id = request_id_for(command, actor) or uuid.uuid4()
+    body = command.to_log()
+    try:
+        appended = await to_thread.run_sync(
+            services.logs.append_request, request_id, actor, body, services.clock()
+        )
+    except RequestConflict as exc:
+        code, message = conflict
+        details = {"event_id": str(exc.request_id), "position": exc.position}
+        raise ApiError(409, code, message, details) from None
+    services.notify()
+    outcome = None
+    if wait:
+        outcome = await watcher(services).outcome(
+            str(appended.request_id), appended.position, services.wait_limit
+        )
+    return Submitted(str(appended.request_id), appended.position, appended.created, outcome)
+
+
+def accepted(sub: Submitted, status: int = 202, **ids: Any) -> JSONResponse:
+    return JSONResponse(sub.receipt(**ids), status_code=status)
+
+
+def done(resource: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(resource, status_code=status)
+
+
+REJECTION_STATUS = {
+    "not_allowed": 403,
+    "unknown_user": 404,
+    "unknown_asset": 404,
+    "unknown_market": 404,
+    "unknown_order": 404,
+    "unknown_withdrawal": 404,
+    "asset_exists": 409,
+    "market_exists": 409,
+    "user_exists": 409,
+    "duplicate": 409,
+}
+REJECTIONS = {"RequestRejected", "OrderRejected", "AmendRejected", "CancelRejected"}
+
+
+def rejection(outcome: RecordedOutcome) -> dict[str, Any] | None:
+    for fact in outcome.facts:
+        if fact.get("type") in REJECTIONS:
+            return fact
+    return None
+
+
+def raise_if_rejected(sub: Submitted) -> None:
+    """With ``wait``, a command the engine refused answers its reason as an error."""
+    assert sub.outcome is not None
+    fact = rejection(sub.outcome)
+    if fact is not None:
+        reason = str(fact.get("reason"))
+        raise ApiError(
+            REJECTION_STATUS.get(reason, 422),
+            reason,
+            str(fact.get("message") or reason),
+            {"event_id": sub.request_id, "position": sub.position},
+        )
+
+
+class Watcher:
+    """Resolves waits on positions: the engine's tracking position, then the read models'."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._engine: list[tuple[int, asyncio.Future[None]]] = []
+        self._projected: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def outcome(self, request_id: str, request_position: int, limit: float
+                      ) -> RecordedOutcome | None:
+        """The request's outcome once every read model shows it; None past ``limit`` seconds."""
+        services = self.services
+        try:
+            async with asyncio.timeout(limit):
+                await self._wait(self._engine, request_position)
+                # Committed: the exchange log's head is at or past its outcome now.
+                head = await to_thread.run_sync(services.logs.last_outcome_position)
+                await self._wait(self._projected, head)
+                found = await to_thread.run_sync(services.reads.outcome_of, request_id)
+                if found is None:
+                    return None
+                return await to_thread.run_sync(outcome_at, services.logs, int(found["position"]))
+        except TimeoutError:
+            return None
+
+    async def _wait(self, queue: list[tuple[int, asyncio.Future[None]]], position: int) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append((position, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll())
+        try:
+            await future
+        finally:
+            if not future.done():
+                future.cancel()
+
+    async def _poll(self) -> None:
+        delay = POLL_MIN
+        while self._engine or self._projected:
+            progressed = False
+            try:
+                if self._engine:
+                    at = await to_thread.run_sync(self.services.logs.engine_position)
+                    progressed |= self._release(self._engine, at)
+                if self._projected:
+                    at = await to_thread.run_sync(self.services.reads.projected_position)
+                    progressed |= self._release(self._projected, at)
+            except Exception:  # a store unreachable: waiters answer 202 at their limit
+                log.exception("waiting for outcomes: cannot read positions")
+                progressed = False
+            delay = POLL_MIN if progressed else min(delay * 2, POLL_MAX)
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _release(queue: list[tuple[int, asyncio.Future[None]]], at: int) -> bool:
+        keep, released = [], False
+        for position, future in queue:
+            if future.done():
+                continue
+            if position <= at:
+                future.set_result(None)
+                released = True
+            else:
+                keep.append((position, future))
+        queue[:] = keep
+        return released
+
+
+def watcher(services: Services) -> Watcher:
+    if services.watcher is None:
+        services.watcher = Watcher(services)
+    w: Watcher = services.watcher
+    return w
