@@ -1,0 +1,377 @@
+"""``spotex audit`` and ``spotex replay``: read the stores (read-only), run ``engine.audit``, print.
+
+The stores are opened with ``create_tables=False`` (and SQLite files in ``mode=ro``); nothing
+here writes. Stored events are decoded straight from their JSON (the ``eventsourcing`` mapper's
+generic transcoder is several times slower and would hide a malformed event behind an
+exception); an event that does not decode is reported as ``undecodable``, never skipped.
+Progress goes to stderr; the report to stdout. Exit 0 when clean, 1 with violations, 2 when the
+stores cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import queue
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from uuid import UUID
+
+from domain.amounts import format_units
+from engine.audit import Audit, AuditViolation, Unreadable
+from engine.exchange import Exchange, RequestRecord
+from engine.log import EXCHANGE_STREAM_ID, SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
+from spotex.config import Settings, event_store_envs
+
+PAGE = 5_000
+LISTED = 100  # violations printed in text; --json lists up to JSON_LISTED
+JSON_LISTED = 1_000
+
+
+class StoreError(RuntimeError):
+    """The stores cannot be opened or read."""
+
+
+# -- opening and reading ------------------------------------------------------------------------
+
+
+def open_logs(settings: Settings) -> Logs:
+    """The logs of this configuration, without creating a table or a file."""
+    envs = event_store_envs(settings, create_tables=False)
+    for name, env in envs.items():
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+            path = Path(env["SQLITE_DBNAME"])
+            if not path.exists():
+                raise StoreError(f"no {name} log at {path} (set SPOTEX_DATA_DIR or SPOTEX_DATABASE_URL)")
+            env["SQLITE_DBNAME"] = f"file:{path.resolve()}?mode=ro"
+    try:
+        return Logs.open(envs)
+    except Exception as exc:
+        raise StoreError(f"cannot open the logs: {exc}") from exc
+
+
+def _pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
+    """Notifications page after page, the next page fetched in a thread while this one is used."""
+    pages: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+
+    def reader() -> None:
+        after = 0
+        try:
+            while True:
+                page = fetch(after)
+                pages.put(page)
+                if not page:
+                    return
+                after = page[-1].id
+        except BaseException as exc:
+            pages.put(exc)
+
+    threading.Thread(target=reader, name="audit-reader", daemon=True).start()
+    while True:
+        page = pages.get()
+        if isinstance(page, BaseException):
+            raise StoreError(f"reading the log failed: {page}") from page
+        if not page:
+            return
+        yield from page
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, dict) or value.get("_type_") != "datetime_iso":
+        raise ValueError(f"timestamp {value!r} is not a stored datetime")
+    return str(value["_data_"])
+
+
+def decode_outcome(n: Any) -> RecordedOutcome | Unreadable:
+    try:
+        if n.topic != "spotex:Outcome" or UUID(str(n.originator_id)) != EXCHANGE_STREAM_ID:
+            raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
+        d = json.loads(n.state)
+        o = RecordedOutcome(
+            n.id,
+            n.originator_version,
+            _time(d["timestamp"]),
+            d["request_id"],
+            d["request_position"],
+            d["actor"],
+            d["command"],
+            d["facts"],
+            d["prev_hash"],
+            d["hash"],
+        )
+        if not isinstance(o.facts, list) or not all(isinstance(f, dict) for f in o.facts):
+            raise ValueError("facts must be a list of objects")
+        return o
+    except Exception as exc:
+        return Unreadable("exchange", n.id, None, f"the stored outcome does not decode: {exc!r}")
+
+
+def decode_request(n: Any) -> RequestRecord | Unreadable:
+    try:
+        if n.topic != "spotex:Request" or n.originator_version != 1:
+            raise ValueError(f"topic {n.topic!r} version {n.originator_version} is not a request")
+        d = json.loads(n.state)
+        if not isinstance(d["command"], dict):
+            raise ValueError("command must be an object")
+        return RequestRecord(
+            str(UUID(str(n.originator_id))), n.id, _time(d["timestamp"]), d["actor"], d["command"]
+        )
+    except Exception as exc:
+        return Unreadable(
+            "requests", n.id, str(n.originator_id), f"the stored request does not decode: {exc!r}"
+        )
+
+
+def iter_outcomes(logs: Logs, until: int | None = None) -> Iterator[RecordedOutcome | Unreadable]:
+    fetch = lambda after: logs.exchange.select_notifications(  # noqa: E731
+        start=after, limit=PAGE, stop=until, inclusive_of_start=False
+    )
+    return (decode_outcome(n) for n in _pages(fetch))
+
+
+def iter_requests(logs: Logs) -> Iterator[RequestRecord | Unreadable]:
+    fetch = lambda after: logs.requests.select_notifications(  # noqa: E731
+        start=after, limit=PAGE, inclusive_of_start=False
+    )
+    return (decode_request(n) for n in _pages(fetch))
+
+
+def read_snapshots(logs: Logs) -> tuple[dict[int, dict[str, Any]], list[AuditViolation]]:
+    """Stored engine snapshots by seq; one that fails its checksum is a violation."""
+    good: dict[int, dict[str, Any]] = {}
+    bad: list[AuditViolation] = []
+    for stored in logs.snapshots.select_events(SNAPSHOT_STREAM_ID):
+        checksum, _, packed = stored.state.partition(b"\n")
+        try:
+            body = zlib.decompress(packed)
+            if hashlib.sha256(body).hexdigest().encode() != checksum:
+                raise ValueError("checksum mismatch")
+            good[stored.originator_version] = json.loads(body)
+        except Exception as exc:
+            bad.append(
+                AuditViolation(
+                    "snapshots",
+                    stored.originator_version,
+                    None,
+                    "snapshot_corrupt",
+                    f"the snapshot does not verify: {exc}",
+                )
+            )
+    return good, bad
+
+
+# -- spotex audit -------------------------------------------------------------------------------
+
+
+def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        logs = open_logs(Settings.from_env())
+        last = logs.last_outcome_position()
+        tracked = logs.engine_position() if args.until is None or args.until >= last else None
+        snapshots, found = read_snapshots(logs)
+    except StoreError as exc:
+        print(f"audit: {exc}", file=err)
+        return 2
+    started = time.perf_counter()
+
+    def progress(outcomes: int, position: int) -> None:
+        rate = outcomes / max(time.perf_counter() - started, 1e-9)
+        print(f"audit: {outcomes:,} outcomes to position {position:,} ({rate:,.0f} outcomes/s)", file=err)
+
+    run = Audit(tracked_position=tracked, snapshots=snapshots, progress=progress, progress_every=50_000)
+    try:
+        found += list(run.run(iter_requests(logs), iter_outcomes(logs, args.until)))
+    except StoreError as exc:
+        print(f"audit: {exc}", file=err)
+        return 2
+    seconds = time.perf_counter() - started
+    report = run.report()
+    report.update(
+        seconds=round(seconds, 3),
+        violations=len(found),
+        events_per_second=round((report["outcomes"] + report["requests"]) / max(seconds, 1e-9)),
+    )
+    first = found[0] if found else None
+    if getattr(args, "json", False):
+        report["first_violation"] = first.to_json() if first else None
+        report["violation_list"] = [v.to_json() for v in found[:JSON_LISTED]]
+        print(json.dumps(report, indent=2), file=out)
+    else:
+        _print_audit(report, found, first, out)
+    return 1 if found else 0
+
+
+def _print_audit(
+    report: dict[str, Any], found: list[AuditViolation], first: AuditViolation | None, out: TextIO
+) -> None:
+    r = report
+    print(
+        f"audited exchange log positions {r['first_position']}..{r['last_position']} "
+        f"({r['outcomes']:,} outcomes, seq 1..{r['last_seq']}), {r['requests']:,} requests re-executed, "
+        f"{r['snapshots_checked']} snapshots checked, in {r['seconds']:.1f} s "
+        f"({r['events_per_second']:,} events/s)",
+        file=out,
+    )
+    print(f"head hash {r['head_hash']}  state hash {r['state_hash']}", file=out)
+    print("facts: " + ", ".join(f"{k} {v:,}" for k, v in r["facts"].items()), file=out)
+    for asset, row in r["assets"].items():
+        p = r["precisions"].get(asset, 0)
+        print(
+            f"  {asset:<8} custody {format_units(row['custody'], p)}  fees {format_units(row['fees'], p)}  "
+            f"users {format_units(row['users_available'], p)} available + "
+            f"{format_units(row['users_frozen'], p)} frozen  sum {format_units(row['sum'], p)}",
+            file=out,
+        )
+    if not found:
+        print("CLEAN: no violations", file=out)
+        return
+    assert first is not None
+    print(
+        f"FAILED: {len(found):,} violations; FIRST affected: {first.log} log position {first.position}"
+        + (f" (outcome seq {first.seq})" if first.seq is not None else ""),
+        file=out,
+    )
+    for v in found[:LISTED]:
+        print(f"  {v}", file=out)
+    if len(found) > LISTED:
+        print(f"  … and {len(found) - LISTED:,} more (--json lists up to {JSON_LISTED:,})", file=out)
+
+
+# -- spotex replay ------------------------------------------------------------------------------
+
+
+def _parse_at(text: str) -> int | datetime:
+    if text.isdigit():
+        return int(text)
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise StoreError(f"--at {text!r} is neither a position nor an ISO time") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def replay_state(logs: Logs, at: int | datetime) -> tuple[Exchange, RecordedOutcome | None]:
+    """A fresh Exchange folded with the recorded facts up to a position or time."""
+    ex, last = Exchange(), None
+    until = at if isinstance(at, int) else None
+    for o in iter_outcomes(logs, until):
+        if isinstance(o, Unreadable):
+            raise StoreError(f"exchange log position {o.position}: {o.error}")
+        if isinstance(at, datetime) and datetime.fromisoformat(o.time) > at:
+            break
+        try:
+            ex.apply_all(o.facts)
+        except Exception as exc:
+            raise StoreError(
+                f"exchange log position {o.position} does not apply: {exc!r} (run spotex audit)"
+            ) from exc
+        last = o
+    return ex, last
+
+
+def render_state(ex: Exchange, user: str | None = None, market: str | None = None) -> dict[str, Any]:
+    """Balances, open orders and books as decimal strings, optionally for one user or market."""
+    names = {u.user_id: u.username for u in ex.users.values()}
+    user_id = None
+    if user is not None:
+        user_id = ex.usernames.get(user)
+        if user_id is None:
+            raise StoreError(f"no user {user!r} at that point")
+    if market is not None and market not in ex.markets:
+        raise StoreError(f"no market {market!r} at that point")
+    wanted_assets = None if market is None else {ex.markets[market].base, ex.markets[market].quote}
+    balances = []
+    for (account, asset), (available, frozen) in sorted(ex.ledger.balances.items()):
+        if (user_id is not None and account != user_id) or (wanted_assets and asset not in wanted_assets):
+            continue
+        p = ex.assets[asset].precision
+        balances.append(
+            {
+                "user": names.get(account, account),
+                "asset": asset,
+                "available": format_units(available, p),
+                "frozen": format_units(frozen, p),
+                "total": format_units(available + frozen, p),
+            }
+        )
+    orders = []
+    for o in ex.orders.values():
+        if (user_id is not None and o.user_id != user_id) or (market is not None and o.market != market):
+            continue
+        m = ex.markets[o.market]
+        orders.append(
+            {
+                "order_id": o.order_id,
+                "user": names.get(o.user_id, o.user_id),
+                "market": o.market,
+                "side": o.side,
+                "price": m.format_price(o.price or 0),
+                "quantity": m.format_quantity(o.quantity or 0),
+                "filled": m.format_quantity(o.filled),
+                "remaining": m.format_quantity(o.remaining),
+                "held": format_units(o.hold, ex.assets[o.hold_asset].precision),
+                "hold_asset": o.hold_asset,
+            }
+        )
+    books = {}
+    for symbol, book in sorted(ex.books.items()):
+        if market is not None and symbol != market:
+            continue
+        m = ex.markets[symbol]
+        books[symbol] = {
+            "status": ex.status.get(symbol),
+            **{
+                side: [[m.format_price(p), m.format_quantity(q)] for p, q in book.depth(s)]
+                for side, s in (("bids", "buy"), ("asks", "sell"))
+            },
+        }
+    return {"balances": balances, "orders": orders, "books": books}
+
+
+def replay(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        at = _parse_at(args.at)
+        ex, last = replay_state(open_logs(Settings.from_env()), at)
+        state = render_state(ex, args.user, args.market)
+    except StoreError as exc:
+        print(f"replay: {exc}", file=err)
+        return 2
+    head = {
+        "position": last.position if last else 0,
+        "seq": last.seq if last else 0,
+        "time": last.time if last else None,
+    }
+    if getattr(args, "json", False):
+        print(json.dumps({**head, **state}, indent=2), file=out)
+        return 0
+    print(f"as of exchange log position {head['position']} (seq {head['seq']}, {head['time']})", file=out)
+    print("balances:", file=out)
+    for b in state["balances"]:
+        print(
+            f"  {b['user']:<38} {b['asset']:<8} available {b['available']:>24} frozen {b['frozen']:>24} "
+            f"total {b['total']:>24}",
+            file=out,
+        )
+    print("open orders:", file=out)
+    for o in state["orders"]:
+        print(
+            f"  {o['order_id']} {o['user']:<16} {o['market']:<12} {o['side']:<4} {o['remaining']:>16} of "
+            f"{o['quantity']:>16} @ {o['price']:>16}  holds {o['held']} {o['hold_asset']}",
+            file=out,
+        )
+    for symbol, book in state["books"].items():
+        print(f"book {symbol} ({book['status']}):", file=out)
+        for p, q in reversed(book["asks"]):
+            print(f"  ask {p:>16} {q:>16}", file=out)
+        for p, q in book["bids"]:
+            print(f"  bid {p:>16} {q:>16}", file=out)
+    return 0
