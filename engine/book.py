@@ -42,8 +42,10 @@ class Book:
 
     def add(self, order: Order) -> None:
         """Rest an order at the back of its price level."""
-        levels, sign = self._side(order.side)
-        key = sign * order.price  # type: ignore[operator]
+        if order.side == BUY:
+            levels, key = self.bids, -order.price  # type: ignore[operator]
+        else:
+            levels, key = self.asks, order.price
         level = levels.get(key)
         if level is None:
             level = levels[key] = Level()
@@ -52,25 +54,31 @@ class Book:
         order.booked = True
 
     def remove(self, order: Order) -> None:
-        levels, sign = self._side(order.side)
-        key = sign * order.price  # type: ignore[operator]
+        if order.side == BUY:
+            levels, key = self.bids, -order.price  # type: ignore[operator]
+        else:
+            levels, key = self.asks, order.price
         level = levels[key]
-        del level.orders[order.order_id]
+        orders = level.orders
+        del orders[order.order_id]
         level.total -= order.remaining
-        if not level.orders:
+        if not orders:
             del levels[key]
         order.booked = False
 
     def reduce(self, order: Order, lots: int) -> None:
         """Take ``lots`` off a resting order in place (a fill or a quantity reduction)."""
-        levels, sign = self._side(order.side)
-        key = sign * order.price  # type: ignore[operator]
+        if order.side == BUY:
+            levels, key = self.bids, -order.price  # type: ignore[operator]
+        else:
+            levels, key = self.asks, order.price
         level = levels[key]
         level.total -= lots
         order.remaining -= lots
         if order.remaining == 0:
-            del level.orders[order.order_id]
-            if not level.orders:
+            orders = level.orders
+            del orders[order.order_id]
+            if not orders:
                 del levels[key]
             order.booked = False
 
@@ -82,10 +90,10 @@ class Book:
         else:
             levels = self.bids
             bound = None if limit is None else -limit
-        for key, level in levels.items():
+        for key in levels:  # keys in sorted order; a plain lookup is cheaper than items()
             if bound is not None and key > bound:
                 return
-            yield from level.orders.values()
+            yield from levels[key].orders.values()
 
     def best_bid(self) -> int | None:
         return -self.bids.peekitem(0)[0] if self.bids else None
