@@ -1,31 +1,127 @@
-"""The production processes: the engine (single writer) and the api (stateless, scaled out)."""
+"""The production processes: the engine (single writer) and the api (stateless, scaled out).
+
+``spotex engine`` exit codes: 0 stopped by SIGTERM/SIGINT after committing the batch in flight;
+1 an unexpected error (the store unreachable, …): restart it; 2 the configuration is invalid;
+3 ``CorruptLog``: the exchange log does not continue its hash chain or its tracking position;
+4 ``EngineHalted``: a request made the engine fail; it stopped before that request and will stop
+there again (it never skips one) until the cause is fixed; 5 another engine wrote the exchange
+log (the stream's version fenced this one): run exactly one engine.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
+import time
+from collections.abc import Mapping
+from types import FrameType
 
-from engine.sequencer import Sequencer
-from spotex.config import Settings
+from eventsourcing.persistence import IntegrityError
+
+from engine.sequencer import CorruptLog, EngineHalted, Sequencer
+from spotex.config import ConfigError, Settings
 from spotex.wiring import build_logs
 
 log = logging.getLogger("spotex.engine")
 
+EXIT_ERROR, EXIT_CONFIG, EXIT_CORRUPT, EXIT_HALTED, EXIT_FENCED = 1, 2, 3, 4, 5
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name) or ""
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {text!r}")
+    return value
+
+
+def engine_options(environ: Mapping[str, str] | None = None) -> dict[str, int | bool]:
+    """The engine's tuning: ``SPOTEX_ENGINE_BATCH_SIZE`` (default 1,000 requests per commit),
+    ``SPOTEX_ENGINE_SNAPSHOT_EVERY`` (100,000 outcomes), ``SPOTEX_ENGINE_CHECK_INVARIANTS=1``
+    (check every batch before committing it: for tests and debugging, it costs)."""
+    e = os.environ if environ is None else environ
+    return {
+        "batch_size": _int_env(e, "SPOTEX_ENGINE_BATCH_SIZE", 1000),
+        "snapshot_every": _int_env(e, "SPOTEX_ENGINE_SNAPSHOT_EVERY", 100_000),
+        "check_invariants": e.get("SPOTEX_ENGINE_CHECK_INVARIANTS") == "1",
+    }
+
 
 def run_engine(args: argparse.Namespace) -> int:
-    """Consume requests until SIGINT/SIGTERM; a committed batch is never lost or repeated."""
-    settings = Settings.from_env()
-    settings.check_production()
-    logs = build_logs(settings, create_tables=settings.backend != "postgres")
-    sequencer = Sequencer(logs)
-    log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
+    """Consume requests until SIGINT/SIGTERM; a committed batch is never lost or repeated.
+
+    On a signal the batch being decided is committed, then the process exits 0. Recovery
+    (newest valid snapshot + the outcomes after it) is logged with its position.
+    """
     stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("%s: finishing the batch in flight, then stopping", signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    sequencer.run(stop)
-    log.info("engine stopped at seq %s", sequencer.seq)
+        signal.signal(sig, on_signal)
+    try:
+        settings = Settings.from_env()
+        settings.check_production()
+        options = engine_options()
+    except ConfigError as exc:
+        log.critical("engine: invalid configuration: %s", exc)
+        return EXIT_CONFIG
+    sequencer: Sequencer | None = None
+    try:
+        logs = build_logs(settings, create_tables=settings.backend != "postgres")
+        started = time.perf_counter()
+        sequencer = Sequencer(logs, pipeline=True, **options)  # type: ignore[arg-type]
+        waiting = logs.last_request_position() - sequencer.request_position
+        log.info(
+            "engine recovered in %.2fs from %s: seq %s, request position %s, exchange position %s; "
+            "%s requests waiting (batch %s, snapshot every %s)",
+            time.perf_counter() - started,
+            f"the snapshot at seq {sequencer.snapshot_seq}" if sequencer.snapshot_seq else "position 0",
+            sequencer.seq,
+            sequencer.request_position,
+            sequencer.exchange_position,
+            max(waiting, 0),
+            options["batch_size"],
+            options["snapshot_every"],
+        )
+        sequencer.run(stop, max_idle=0.02)
+    except CorruptLog as exc:
+        log.critical("engine: the exchange log is corrupt, refusing to go on: %s", exc)
+        return EXIT_CORRUPT
+    except EngineHalted as exc:
+        log.critical(
+            "engine halted: %s. Nothing from that request on was applied; the engine will stop at "
+            "the same request until the cause is fixed (it never skips one).",
+            exc,
+        )
+        return EXIT_HALTED
+    except IntegrityError as exc:
+        log.critical(
+            "engine: another engine committed to the exchange log first (%s); this one recovered "
+            "and stops without writing. Run exactly one engine.",
+            exc,
+        )
+        return EXIT_FENCED
+    except Exception:
+        log.exception("engine: unexpected error; nothing uncommitted was kept, restart it")
+        return EXIT_ERROR
+    finally:
+        if sequencer is not None:
+            sequencer.close()
+    log.info(
+        "engine stopped cleanly at seq %s, request position %s", sequencer.seq, sequencer.request_position
+    )
     return 0
 
 
