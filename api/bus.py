@@ -67,8 +67,8 @@ async def submit(
     return Submitted(str(appended.request_id), appended.position, appended.created, outcome)
 
 
-def accepted(sub: Submitted, status: int = 202, **ids: Any) -> JSONResponse:
-    return JSONResponse(sub.receipt(**ids), status_code=status)
+def accepted(sub: Submitted, http_status: int = 202, **ids: Any) -> JSONResponse:
+    return JSONResponse(sub.receipt(**ids), status_code=http_status)
 
 
 def done(resource: Any, status: int = 200) -> JSONResponse:

@@ -73,7 +73,11 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 def validation_details(errors: list[Any]) -> list[dict[str, str]]:
     """Pydantic's errors as ``[{"field", "type", "message"}]`` (inputs left out: no secrets echoed)."""
     return [
-        {"field": _field(e.get("loc", ())), "type": str(e.get("type", "")), "message": str(e.get("msg", ""))}
+        {
+            "field": _field(e.get("loc", ())),
+            "type": str(e.get("type", "")),
+            "message": str(e.get("msg", "")).removeprefix("Value error, "),
+        }
         for e in errors
     ]
 

@@ -26,4 +26,4 @@ async def create_user(body: UserCreate, services: ServicesDep, wait: Wait = Fals
     )
     if sub.outcome is not None:
         bus.raise_if_rejected(sub)
-    return bus.accepted(sub, 201, user_id=sub.request_id)
+    return bus.accepted(sub, http_status=201, user_id=sub.request_id)
