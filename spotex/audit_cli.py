@@ -13,19 +13,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
+import os
 import queue
 import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
 from domain.amounts import format_units
-from engine.audit import Audit, AuditViolation, Unreadable
+from engine.audit import Audit, AuditViolation, Unreadable, merge_reports
 from engine.exchange import Exchange, RequestRecord
 from engine.log import EXCHANGE_STREAM_ID, SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
 from spotex.config import Settings, event_store_envs
@@ -89,11 +92,18 @@ def _time(value: Any) -> str:
     return str(value["_data_"])
 
 
+_decode = json.JSONDecoder().decode
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
 def decode_outcome(n: Any) -> RecordedOutcome | Unreadable:
     try:
-        if n.topic != "spotex:Outcome" or UUID(str(n.originator_id)) != EXCHANGE_STREAM_ID:
+        if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
             raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
-        d = json.loads(n.state)
+        d = _decode(n.state.decode())
         o = RecordedOutcome(
             n.id,
             n.originator_version,
@@ -106,7 +116,7 @@ def decode_outcome(n: Any) -> RecordedOutcome | Unreadable:
             d["prev_hash"],
             d["hash"],
         )
-        if not isinstance(o.facts, list) or not all(isinstance(f, dict) for f in o.facts):
+        if type(o.facts) is not list or not all(type(f) is dict for f in o.facts):
             raise ValueError("facts must be a list of objects")
         return o
     except Exception as exc:
@@ -117,16 +127,15 @@ def decode_request(n: Any) -> RequestRecord | Unreadable:
     try:
         if n.topic != "spotex:Request" or n.originator_version != 1:
             raise ValueError(f"topic {n.topic!r} version {n.originator_version} is not a request")
-        d = json.loads(n.state)
-        if not isinstance(d["command"], dict):
+        d = _decode(n.state.decode())
+        if type(d["command"]) is not dict:
             raise ValueError("command must be an object")
         return RequestRecord(
-            str(UUID(str(n.originator_id))), n.id, _time(d["timestamp"]), d["actor"], d["command"]
+            str(_uuid(n.originator_id)), n.id, _time(d["timestamp"]), d["actor"], d["command"]
         )
     except Exception as exc:
-        return Unreadable(
-            "requests", n.id, str(n.originator_id), f"the stored request does not decode: {exc!r}"
-        )
+        error = f"the stored request does not decode: {exc!r}"
+        return Unreadable("requests", n.id, str(n.originator_id), error)
 
 
 def iter_outcomes(logs: Logs, until: int | None = None) -> Iterator[RecordedOutcome | Unreadable]:
@@ -169,6 +178,54 @@ def read_snapshots(logs: Logs) -> tuple[dict[int, dict[str, Any]], list[AuditVio
 
 # -- spotex audit -------------------------------------------------------------------------------
 
+# On a log of at least PARALLEL_FROM outcomes and a machine with two or more CPUs, re-execution
+# runs in this process and the chain, ledger and book checks in a second one; each reads the
+# stores itself, so nothing but the findings crosses between them.
+PARALLEL_FROM = 20_000
+SPLIT = (("reexecute",), ("chain", "ledger", "book"))
+CHAIN_CODES = frozenset({"seq_gap", "seq_order", "chain_break", "hash_mismatch", "request_order"})
+MAX_FOUND = 100_000  # findings kept per process; the count goes on
+
+
+def audit_parts(
+    parts: tuple[str, ...],
+    until: int | None,
+    tracked: int | None,
+    snapshots: dict[int, dict[str, Any]] | None,
+    label: str = "audit",
+) -> tuple[list[AuditViolation], dict[str, Any]]:
+    """Run some parts of the audit over the stores of this process's configuration."""
+    logs = open_logs(Settings.from_env())
+    started = time.perf_counter()
+
+    def progress(outcomes: int, position: int) -> None:
+        rate = outcomes / max(time.perf_counter() - started, 1e-9)
+        print(
+            f"{label}: {outcomes:,} outcomes to position {position:,} ({rate:,.0f} outcomes/s)",
+            file=sys.stderr,
+        )
+
+    run = Audit(
+        parts=parts, tracked_position=tracked, snapshots=snapshots, progress=progress, progress_every=50_000
+    )
+    requests = iter_requests(logs) if "reexecute" in parts else iter(())
+    found: list[AuditViolation] = []
+    for v in run.run(requests, iter_outcomes(logs, until)):
+        if len(found) < MAX_FOUND:
+            found.append(v)
+    report = run.report()
+    report["seconds"] = {"+".join(parts): round(time.perf_counter() - started, 3)}
+    return found, report
+
+
+def _order(found: list[AuditViolation], rank: int) -> list[tuple[tuple[int, int, int, int], AuditViolation]]:
+    """Sort keys that put findings of two processes in the order one process finds them."""
+    inf = 1 << 62
+    return [
+        ((inf if v.seq is None else v.seq, 0 if v.code in CHAIN_CODES else rank, 0, i), v)
+        for i, v in enumerate(found)
+    ]
+
 
 def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
@@ -181,24 +238,30 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         print(f"audit: {exc}", file=err)
         return 2
     started = time.perf_counter()
-
-    def progress(outcomes: int, position: int) -> None:
-        rate = outcomes / max(time.perf_counter() - started, 1e-9)
-        print(f"audit: {outcomes:,} outcomes to position {position:,} ({rate:,.0f} outcomes/s)", file=err)
-
-    run = Audit(tracked_position=tracked, snapshots=snapshots, progress=progress, progress_every=50_000)
+    size = min(last, args.until) if args.until is not None else last
     try:
-        found += list(run.run(iter_requests(logs), iter_outcomes(logs, args.until)))
+        if size >= PARALLEL_FROM and (os.cpu_count() or 1) >= 2:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                checks = pool.submit(audit_parts, SPLIT[1], args.until, tracked, None, "audit[checks]")
+                found_a, report_a = audit_parts(
+                    SPLIT[0], args.until, tracked, snapshots, "audit[re-execution]"
+                )
+                found_b, report_b = checks.result()
+            merged = sorted(_order(found_a, 1) + _order(found_b, 2), key=lambda kv: kv[0])
+            found += [v for _, v in merged]
+            report = merge_reports([report_b, report_a])
+            report["seconds"] = {**report_a["seconds"], **report_b["seconds"]}
+        else:
+            more, report = audit_parts(SPLIT[0] + SPLIT[1], args.until, tracked, snapshots)
+            found += more
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
         return 2
     seconds = time.perf_counter() - started
-    report = run.report()
-    report.update(
-        seconds=round(seconds, 3),
-        violations=len(found),
-        events_per_second=round((report["outcomes"] + report["requests"]) / max(seconds, 1e-9)),
-    )
+    report["seconds"]["total"] = round(seconds, 3)
+    report["violations"] = len(found)
+    report["events_per_second"] = round((report["outcomes"] + report["requests"]) / max(seconds, 1e-9))
     first = found[0] if found else None
     if getattr(args, "json", False):
         report["first_violation"] = first.to_json() if first else None
@@ -216,7 +279,7 @@ def _print_audit(
     print(
         f"audited exchange log positions {r['first_position']}..{r['last_position']} "
         f"({r['outcomes']:,} outcomes, seq 1..{r['last_seq']}), {r['requests']:,} requests re-executed, "
-        f"{r['snapshots_checked']} snapshots checked, in {r['seconds']:.1f} s "
+        f"{r['snapshots_checked']} snapshots checked, in {r['seconds']['total']:.1f} s "
         f"({r['events_per_second']:,} events/s)",
         file=out,
     )
