@@ -53,9 +53,9 @@ def trade(tid: int, maker: str, taker: str, price: int, lots: int, taker_limit: 
 
 
 def closed(oid: str, user: str, asset: str, released: int, status: str = "filled") -> Fact:
+    postings = [[user, asset, released, -released]] if released else []
     return {"type": "OrderClosed", "order_id": oid, "user_id": user, "market": "BTC-USDT", "status": status,
-            "reason": status, "released": released, "postings": [[user, asset, released, -released]] if released
-            else []}
+            "reason": status, "released": released, "postings": postings}
 
 
 def ledger(*outcomes: list[Fact]) -> list[str]:
@@ -129,8 +129,8 @@ def test_a_client_order_id_or_reference_is_applied_once() -> None:
 def test_a_withdrawal_holds_until_it_ends() -> None:
     requested = {"type": "WithdrawalRequested", "withdrawal_id": "w1", "user_id": A, "asset": "USDT",
                  "amount": 500, "reference": "w", "postings": [[A, "USDT", -500, 500]]}
-    done = {"type": "WithdrawalCompleted", "withdrawal_id": "w1", "user_id": A, "asset": "USDT", "amount": 500,
-            "postings": [[A, "USDT", 0, -500], ["@custody", "USDT", 500, 0]]}
+    done = {"type": "WithdrawalCompleted", "withdrawal_id": "w1", "user_id": A, "asset": "USDT",
+            "amount": 500, "postings": [[A, "USDT", 0, -500], ["@custody", "USDT", 500, 0]]}
     assert ledger([requested], [done]) == []
     assert ledger([requested], [done], [done])[0] == "unknown_hold"
 
