@@ -1,0 +1,297 @@
+"""What every projection is made of: a fold of log events into rows, written in batches.
+
+A projection is one class per read model. The runner (``projections.runner``) gives it a batch
+of events inside a transaction: ``begin`` prefetches the rows the batch will touch, ``apply``
+folds each event into memory, ``flush`` writes the changed rows; the runner then writes the
+tracking row in the same transaction. Nothing is written outside that transaction, so a failure
+anywhere rolls back rows and position together (the runner then throws the instance away: its
+in-memory state may hold the failed batch).
+
+Rules that keep a rebuild identical to the live tables:
+
+- a row is a function of the events up to the tracking position, never of the batch boundaries,
+  the wall clock or the order in which workers ran;
+- times come from the events (the outcome's time is its request's time);
+- the private ``state`` (listings used for rendering, counters) is saved with the tracking row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from domain.amounts import format_units
+from domain.markets import Asset, Market
+from projections.store import Tx, big, bigs
+
+Row = dict[str, Any]
+Key = tuple[Any, ...]
+RequestLookup = Callable[[str], dict[str, Any] | None]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+def epoch_seconds(iso: str) -> int:
+    """Whole seconds since the epoch of an ISO time, without floats."""
+    dt = datetime.fromisoformat(iso)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - EPOCH) // SECOND
+
+
+def iso_of(seconds: int) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).isoformat()
+
+
+def outcome_event_id(request_id: str) -> str:
+    """The event id of the outcome that answers a request: ``uuid5(request id, "outcome")``."""
+    return str(uuid.uuid5(uuid.UUID(request_id), "outcome"))
+
+
+def snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+class Catalog:
+    """The listings a projection renders with: asset precisions and markets' ticks and lots.
+
+    Listings never change once made, so each projection keeps its own copy in its private state
+    (saved with its tracking row) instead of reading another projection's tables, which may be at
+    another position or in the middle of a rebuild.
+    """
+
+    def __init__(self) -> None:
+        self.assets: dict[str, int] = {}
+        self.listings: dict[str, dict[str, Any]] = {}
+        self.markets: dict[str, Market] = {}
+
+    def load(self, data: Mapping[str, Any] | None) -> None:
+        if not data:
+            return
+        self.assets = dict(data.get("assets", {}))
+        for listing in data.get("markets", []):
+            self._add_market(listing)
+
+    def dump(self) -> dict[str, Any]:
+        return {"assets": self.assets, "markets": list(self.listings.values())}
+
+    def _add_market(self, listing: Mapping[str, Any]) -> None:
+        keep = {k: listing[k] for k in (
+            "symbol", "base", "quote", "tick_size", "lot_size", "min_notional", "maker_fee",
+            "taker_fee",
+        )}
+        self.listings[keep["symbol"]] = keep
+        self.markets[keep["symbol"]] = Market.create(
+            keep["symbol"],
+            Asset(keep["base"], self.assets[keep["base"]]),
+            Asset(keep["quote"], self.assets[keep["quote"]]),
+            keep["tick_size"],
+            keep["lot_size"],
+            keep["min_notional"],
+            keep["maker_fee"],
+            keep["taker_fee"],
+        )
+
+    def apply(self, fact: Mapping[str, Any]) -> bool:
+        """Take a listing fact into account; True when the catalog changed."""
+        kind = fact["type"]
+        if kind == "AssetListed":
+            self.assets[fact["symbol"]] = fact["precision"]
+            return True
+        if kind == "MarketListed":
+            self._add_market(fact)
+            return True
+        return False
+
+    def units(self, asset: str, units: int) -> str:
+        return format_units(units, self.assets[asset])
+
+
+class Keyed:
+    """A keyed read table, cached in memory, written back as upserts and deletes at flush.
+
+    ``want`` keys while scanning a batch, ``load`` them in one query per table, then ``get``,
+    ``put`` and ``delete`` freely. ``complete`` tables (small: levels, markets' state) are read
+    whole once and kept. Integer columns named in ``bigs`` are unbounded (see
+    ``projections.store``).
+    """
+
+    def __init__(
+        self,
+        table: str,
+        key: Sequence[str],
+        columns: Sequence[str],
+        big_columns: Iterable[str] = (),
+        complete: bool = False,
+        max_cached: int = 200_000,
+        render: Callable[[Row], None] | None = None,
+    ) -> None:
+        self.table = table
+        self.render = render  # fills a dirty row's decimal strings just before it is written
+        self.key = tuple(key)
+        self.columns = tuple(columns)
+        self.big = frozenset(big_columns)
+        self.complete = complete
+        self.max_cached = max_cached
+        self.cache: dict[Key, Row | None] = {}
+        self.dirty: dict[Key, Row | None] = {}
+        self.wanted: set[Key] = set()
+        self.loaded_all = False
+        self.tx: Tx | None = None
+        cols = ", ".join(self.columns)
+        marks = ", ".join("?" * len(self.columns))
+        keys = ", ".join(self.key)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in self.key)
+        self._select = f"SELECT {cols} FROM {table}"
+        self._upsert = (
+            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({keys}) DO UPDATE SET {updates}"
+        )
+        self._delete = f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = ?" for k in self.key)
+
+    def _row(self, values: Sequence[Any]) -> Row:
+        row = dict(zip(self.columns, values, strict=True))
+        for c in self.big:
+            row[c] = big(row[c])
+        return row
+
+    def _key_of(self, row: Row) -> Key:
+        return tuple(row[k] for k in self.key)
+
+    def want(self, key: Key) -> None:
+        if key not in self.cache:
+            self.wanted.add(key)
+
+    def load(self, tx: Tx) -> None:
+        """Read the wanted rows (or the whole table once, if complete) into the cache."""
+        self.tx = tx
+        if self.complete:
+            if not self.loaded_all:
+                for values in tx.fetchall(self._select):
+                    row = self._row(values)
+                    self.cache[self._key_of(row)] = row
+                self.loaded_all = True
+            self.wanted.clear()
+            return
+        missing = [k for k in self.wanted if k not in self.cache]
+        self.wanted.clear()
+        if not missing:
+            return
+        for k in missing:
+            self.cache[k] = None
+        for values in tx.select_in(self._select, self.key, missing):
+            row = self._row(values)
+            self.cache[self._key_of(row)] = row
+
+    def get(self, key: Key) -> Row | None:
+        if key in self.cache:
+            return self.cache[key]
+        if self.complete and self.loaded_all:
+            return None
+        assert self.tx is not None, "load() before get()"
+        found = self.tx.select_in(self._select, self.key, [key])
+        row = self._row(found[0]) if found else None
+        self.cache[key] = row
+        return row
+
+    def put(self, row: Row) -> None:
+        key = self._key_of(row)
+        self.cache[key] = row
+        self.dirty[key] = row
+
+    def delete(self, key: Key) -> None:
+        self.cache[key] = None
+        self.dirty[key] = None
+
+    def rows(self) -> Iterable[Row]:
+        """Every cached row (complete tables: the whole table)."""
+        return (r for r in self.cache.values() if r is not None)
+
+    def flush(self, tx: Tx) -> None:
+        upserts = []
+        deletes = []
+        for key, row in self.dirty.items():
+            if row is None:
+                deletes.append(key)
+            else:
+                if self.render is not None:
+                    self.render(row)
+                upserts.append(
+                    tuple(bigs(row[c]) if c in self.big else row[c] for c in self.columns)
+                )
+        tx.executemany(self._delete, deletes)
+        tx.executemany(self._upsert, upserts)
+        self.dirty.clear()
+        if not self.complete and len(self.cache) > self.max_cached:
+            self.cache.clear()
+
+
+class Appends:
+    """An append-only read table: rows collected in a batch and inserted at flush."""
+
+    def __init__(self, table: str, columns: Sequence[str]) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self.pending: list[tuple[Any, ...]] = []
+
+    def add(self, *values: Any) -> None:
+        self.pending.append(values)
+
+    def flush(self, tx: Tx) -> None:
+        tx.insert_many(self.table, self.columns, self.pending)
+        self.pending = []
+
+
+class Projection:
+    """One read model: its tables, its fold, and the small state saved with its position."""
+
+    name: ClassVar[str]
+    source: ClassVar[str] = "exchange"  # or "requests"
+    # table → primary key columns (verify names differing rows by them)
+    tables: ClassVar[dict[str, tuple[str, ...]]]
+    uses_catalog: ClassVar[bool] = False
+
+    def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
+        self.t = {logical: names.get(logical, logical) for logical in self.tables}
+        self.lookup = lookup
+        self.catalog = Catalog()
+        self.state_changed = False
+
+    # -- private state --------------------------------------------------------------------
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if self.uses_catalog:
+            self.catalog.load(state.get("catalog"))
+
+    def dump_state(self) -> dict[str, Any]:
+        return {"catalog": self.catalog.dump()} if self.uses_catalog else {}
+
+    def state_json(self) -> str | None:
+        """The state to save with this batch, or None when unchanged."""
+        if not self.state_changed:
+            return None
+        self.state_changed = False
+        return json.dumps(self.dump_state(), sort_keys=True, separators=(",", ":"))
+
+    def listing(self, fact: Mapping[str, Any]) -> None:
+        if self.uses_catalog and self.catalog.apply(fact):
+            self.state_changed = True
+
+    # -- the fold -------------------------------------------------------------------------
+
+    def begin(self, tx: Tx, events: Sequence[Any]) -> None:
+        """Prefetch what the batch touches (default: nothing)."""
+
+    def apply(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def flush(self, tx: Tx) -> None:
+        raise NotImplementedError

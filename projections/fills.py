@@ -1,0 +1,52 @@
+"""fills: one row per side of every trade, with its liquidity (maker or taker) and fee.
+
+Invariant: each ``TradeExecuted`` gives exactly two rows, keyed (trade_id, liquidity); the maker
+side is the opposite of the taker's and both fill at the trade (maker's) price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.log import RecordedOutcome
+from projections.base import Appends, Projection, RequestLookup
+from projections.store import Tx, bigs
+
+COLUMNS = (
+    "trade_id", "liquidity", "order_id", "user_id", "market", "side", "price", "quantity",
+    "quote_quantity", "fee", "price_str", "quantity_str", "quote_quantity_str", "fee_str",
+    "fee_asset", "time", "position",
+)
+
+
+class Fills(Projection):
+    name = "fills"
+    tables = {"fills": ("trade_id", "liquidity")}
+    uses_catalog = True
+
+    def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
+        super().__init__(names, lookup)
+        self.rows = Appends(self.t["fills"], COLUMNS)
+
+    def apply(self, o: RecordedOutcome) -> None:
+        for f in o.facts:
+            if f["type"] != "TradeExecuted":
+                self.listing(f)
+                continue
+            market = self.catalog.markets[f["market"]]
+            price, lots, quote = f["price"], f["quantity"], f["quote_amount"]
+            price_s = market.format_price(price)
+            lots_s = market.format_quantity(lots)
+            quote_s = self.catalog.units(market.quote, quote)
+            taker_side = f["taker_side"]
+            maker_side = "sell" if taker_side == "buy" else "buy"
+            for role, side in (("maker", maker_side), ("taker", taker_side)):
+                fee, fee_asset = f[f"{role}_fee"], f[f"{role}_fee_asset"]
+                self.rows.add(
+                    f["trade_id"], role, f[f"{role}_order_id"], f[f"{role}_user_id"], f["market"],
+                    side, bigs(price), bigs(lots), bigs(quote), bigs(fee), price_s, lots_s, quote_s,
+                    self.catalog.units(fee_asset, fee), fee_asset, o.time, o.position,
+                )
+
+    def flush(self, tx: Tx) -> None:
+        self.rows.flush(tx)

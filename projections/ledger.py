@@ -1,0 +1,50 @@
+"""ledger: every posting of every fact, per account — what ``GET /v1/ledger`` lists.
+
+Invariant: the sum of an account's rows per asset equals its balance; the postings of one fact
+sum to zero per asset. ``kind`` is the fact's type in snake case, ``ref`` its subject's id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.log import RecordedOutcome
+from projections.base import Appends, Projection, RequestLookup, outcome_event_id, snake
+from projections.store import Tx, bigs
+
+COLUMNS = (
+    "position", "fact_index", "account", "asset", "kind", "ref", "event_id", "available_delta",
+    "frozen_delta", "available_delta_str", "frozen_delta_str", "time",
+)
+REF_FIELDS = ("order_id", "trade_id", "deposit_id", "withdrawal_id", "transfer_id")
+
+
+class Ledger(Projection):
+    name = "ledger"
+    tables = {"ledger": ("position", "fact_index", "account", "asset")}
+    uses_catalog = True
+
+    def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
+        super().__init__(names, lookup)
+        self.rows = Appends(self.t["ledger"], COLUMNS)
+
+    def apply(self, o: RecordedOutcome) -> None:
+        event_id: str | None = None
+        units = self.catalog.units
+        for index, f in enumerate(o.facts):
+            postings = f.get("postings")
+            if not postings:
+                self.listing(f)
+                continue
+            if event_id is None:
+                event_id = outcome_event_id(o.request_id)
+            kind = snake(f["type"])
+            ref = next((str(f[k]) for k in REF_FIELDS if f.get(k) is not None), None)
+            for account, asset, d_available, d_frozen in postings:
+                self.rows.add(
+                    o.position, index, account, asset, kind, ref, event_id, bigs(d_available),
+                    bigs(d_frozen), units(asset, d_available), units(asset, d_frozen), o.time,
+                )
+
+    def flush(self, tx: Tx) -> None:
+        self.rows.flush(tx)

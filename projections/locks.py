@@ -1,0 +1,121 @@
+"""One worker at a time per projection.
+
+- PostgreSQL: a session advisory lock, on a connection of its own, keyed by the projection's
+  name. If the worker dies, the server drops the session and the lock with it.
+- SQLite on disk: an ``flock`` on ``<data dir>/locks/<name>.lock`` (across processes: the
+  embedded server and a ``spotex projections rebuild`` run beside it).
+- In memory: a ``threading.Lock`` per store and name.
+
+The lock saves wasted work; correctness does not depend on it: every batch re-reads its tracking
+row for update inside its transaction, so a second writer can never apply a batch twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from projections.store import PostgresStore, ReadStore
+
+_MEMORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+_MEMORY_GUARD = threading.Lock()
+
+
+def advisory_key(name: str) -> int:
+    digest = hashlib.sha256(f"spotex.projection:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class LockTimeout(TimeoutError):
+    pass
+
+
+class ProjectionLock:
+    def __init__(self, store: ReadStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.held = False
+        self._conn: Any = None
+        self._fd: int | None = None
+        self._mem: threading.Lock | None = None
+
+    def _try(self) -> bool:
+        if isinstance(self.store, PostgresStore):
+            import psycopg
+
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.store.url, autocommit=True)
+            try:
+                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(self.name),))
+                return bool(row.fetchone()[0])
+            except psycopg.OperationalError:
+                self._conn = None
+                raise
+        path = self.store.lock_path(self.name)
+        if path is None:
+            with _MEMORY_GUARD:
+                self._mem = _MEMORY_LOCKS.setdefault((id(self.store), self.name), threading.Lock())
+            return self._mem.acquire(blocking=False)
+        import fcntl
+
+        if self._fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def acquire(self, timeout: float | None = 0.0, poll: float = 0.05) -> bool:
+        """Try to take the lock; wait up to ``timeout`` seconds (None: forever)."""
+        if self.held:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._try():
+                self.held = True
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(poll)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if isinstance(self.store, PostgresStore):
+            with contextlib.suppress(Exception):
+                self._conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(self.name),))
+            return
+        if self._mem is not None:
+            self._mem.release()
+            return
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def hold(self, timeout: float | None = None) -> Iterator[None]:
+        if not self.acquire(timeout):
+            raise LockTimeout(f"projection {self.name} is locked by another worker")
+        try:
+            yield
+        finally:
+            self.release()

@@ -1,0 +1,294 @@
+"""The read store: where read tables live, and the transactions that read and write them.
+
+One small interface over two dialects so that projections and queries are written once:
+
+- SQLite (the embedded default, ``$SPOTEX_DATA_DIR/read.sqlite``): WAL mode, one connection per
+  thread, writes in ``BEGIN IMMEDIATE`` transactions (SQLite has one writer at a time; the
+  tracking check inside the transaction is what makes a batch exactly-once).
+- PostgreSQL (production, the event store's database): a psycopg pool; writes in ordinary
+  transactions, reads in ``REPEATABLE READ READ ONLY`` ones so that a query sees one snapshot.
+- ``memory://``: one in-memory SQLite connection shared under a lock (tests).
+
+SQL is written once with ``?`` placeholders (converted to ``%s`` for psycopg). Integers that can
+exceed 64 bits (amounts in smallest units, prices in ticks, quantities in lots) are bound as
+decimal text: PostgreSQL stores them as ``NUMERIC(78,0)``, SQLite as TEXT (its integers stop at
+64 bits, and 18-decimal assets pass that quickly). Read them back with ``big``.
+
+Nothing here creates tables: ``projections.migrate`` does, once, in ``spotex migrate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from spotex.config import Settings
+
+SQLITE_CHUNK = 400  # bound variables per statement stay under SQLite's limit
+
+
+def big(value: Any) -> int | None:
+    """An unbounded integer column as read back (Decimal on PostgreSQL, text on SQLite)."""
+    if value is None:
+        return None
+    return int(value)
+
+
+def bigs(value: int | None) -> str | None:
+    """An unbounded integer as bound into a statement."""
+    return None if value is None else str(value)
+
+
+class Tx:
+    """One open transaction: execute statements, fetch rows, bulk-insert."""
+
+    def __init__(self, store: ReadStore, conn: Any) -> None:
+        self.store = store
+        self.conn = conn
+        self.dialect = store.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self.store.sql(sql), params)
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.execute(sql, params).fetchall())
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.dialect == "postgres":
+            with self.conn.cursor() as cur:
+                cur.executemany(self.store.sql(sql), rows)
+        else:
+            self.conn.executemany(sql, rows)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Append rows (COPY on PostgreSQL, executemany on SQLite)."""
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        if self.dialect == "postgres":
+            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * len(columns))
+            self.conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+
+    def select_in(
+        self, sql_head: str, key_columns: Sequence[str], keys: Iterable[tuple[Any, ...]]
+    ) -> list[Any]:
+        """``sql_head WHERE (k1, k2) IN (VALUES …)`` for many keys, in chunks."""
+        keys = list(keys)
+        out: list[Any] = []
+        width = len(key_columns)
+        chunk = max(1, SQLITE_CHUNK // width) if self.dialect == "sqlite" else 1000
+        cols = ", ".join(key_columns)
+        for i in range(0, len(keys), chunk):
+            part = keys[i : i + chunk]
+            if width == 1:
+                marks = ", ".join("?" * len(part))
+                params: list[Any] = [k[0] for k in part]
+                where = f"{cols} IN ({marks})"
+            else:
+                one = "(" + ", ".join("?" * width) + ")"
+                marks = ", ".join([one] * len(part))
+                params = [v for k in part for v in k]
+                where = f"({cols}) IN (VALUES {marks})"
+            out.extend(self.fetchall(f"{sql_head} WHERE {where}", params))
+        return out
+
+
+class ReadStore:
+    """The read tables' database; thread-safe. ``close()`` when done."""
+
+    dialect: str
+
+    def __init__(self) -> None:
+        self._sql_cache: dict[str, str] = {}
+
+    def sql(self, text: str) -> str:
+        return text
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        """A connection outside any transaction (DDL helpers, advisory locks)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def lock_path(self, name: str) -> Path | None:
+        """Where a file lock for ``name`` lives (SQLite on disk), or None."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- ordering helpers for unbounded integer columns ------------------------------------
+
+    def order_big(self, column: str, desc: bool = False) -> str:
+        """ORDER BY fragment that sorts a non-negative unbounded integer column numerically."""
+        direction = " DESC" if desc else ""
+        if self.dialect == "sqlite":  # decimal text: shorter is smaller, then digit by digit
+            return f"length({column}){direction}, {column}{direction}"
+        return f"{column}{direction}"
+
+
+class SQLiteStore(ReadStore):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.memory = path == ":memory:"
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._shared_lock = threading.RLock()
+        self._shared: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if not self.memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        with self._guard:
+            self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self.memory:
+            with self._shared_lock:
+                if self._shared is None:
+                    self._shared = self._connect()
+                yield self._shared
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        yield conn
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str) -> Iterator[Tx]:
+        with self._connection() as conn:
+            if conn.in_transaction:  # a nested use on the same thread: join the transaction
+                yield Tx(self, conn)
+                return
+            conn.execute(begin)
+            try:
+                yield Tx(self, conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        with self._transaction("BEGIN IMMEDIATE") as tx:
+            yield tx
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        with self._transaction("BEGIN") as tx:
+            yield tx
+
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        with self._connection() as conn:
+            yield Tx(self, conn)
+
+    def lock_path(self, name: str) -> Path | None:
+        if self.memory:
+            return None
+        return Path(self.path).parent / "locks" / f"{name}.lock"
+
+    def close(self) -> None:
+        with self._guard:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+        self._shared = None
+
+
+class PostgresStore(ReadStore):
+    dialect = "postgres"
+
+    def __init__(self, url: str, max_size: int = 10) -> None:
+        super().__init__()
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            open=True,
+            name="spotex-read",
+        )
+
+    def sql(self, text: str) -> str:
+        out = self._sql_cache.get(text)
+        if out is None:
+            out = text.replace("?", "%s")
+            self._sql_cache[text] = out
+        return out
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Tx]:
+        with self.pool.connection() as conn, conn.transaction():
+            yield Tx(self, conn)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield Tx(self, conn)
+
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        with self.pool.connection() as conn:
+            yield Tx(self, conn)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_read_store(settings: Settings) -> ReadStore:
+    """The read store of this configuration (no tables are created here)."""
+    backend = settings.backend
+    if backend == "postgres":
+        assert settings.database_url
+        return PostgresStore(settings.database_url)
+    if backend == "memory":
+        return SQLiteStore(":memory:")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(str(settings.data_dir / "read.sqlite"))
+
+
+def as_decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))

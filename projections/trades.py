@@ -1,0 +1,39 @@
+"""trades: the public tape per market — price, quantity and taker side of every trade."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.log import RecordedOutcome
+from projections.base import Appends, Projection, RequestLookup
+from projections.store import Tx, bigs
+
+COLUMNS = (
+    "trade_id", "market", "price", "quantity", "quote_quantity", "price_str", "quantity_str",
+    "quote_quantity_str", "taker_side", "time", "position",
+)
+
+
+class Trades(Projection):
+    name = "trades"
+    tables = {"trades": ("trade_id",)}
+    uses_catalog = True
+
+    def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
+        super().__init__(names, lookup)
+        self.rows = Appends(self.t["trades"], COLUMNS)
+
+    def apply(self, o: RecordedOutcome) -> None:
+        for f in o.facts:
+            if f["type"] != "TradeExecuted":
+                self.listing(f)
+                continue
+            m = self.catalog.markets[f["market"]]
+            self.rows.add(
+                f["trade_id"], f["market"], bigs(f["price"]), bigs(f["quantity"]),
+                bigs(f["quote_amount"]), m.format_price(f["price"]), m.format_quantity(f["quantity"]),
+                self.catalog.units(m.quote, f["quote_amount"]), f["taker_side"], o.time, o.position,
+            )
+
+    def flush(self, tx: Tx) -> None:
+        self.rows.flush(tx)
