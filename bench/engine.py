@@ -50,7 +50,7 @@ from domain.commands import (
     RegisterUser,
 )
 from engine.exchange import Exchange, RequestRecord
-from engine.log import Logs, Request
+from engine.log import SNAPSHOT_STREAM_ID, Logs, Request
 from engine.sequencer import Sequencer
 from spotex.config import Settings, event_store_envs
 
@@ -321,6 +321,32 @@ def consume(seq: Sequencer, logs: Logs) -> tuple[int, float, list[float]]:
     return n, elapsed, commits
 
 
+def restart(logs: Logs, seq: Sequencer, work: Workload, tail: int = 1000) -> None:
+    """Restart time without a snapshot (replay everything) and with one (snapshot + tail)."""
+    t = time.perf_counter()
+    fresh = Sequencer(logs)
+    full = time.perf_counter() - t
+    same = fresh.exchange.state_hash() == seq.exchange.state_hash()
+    print(f"restart: no snapshot: {fresh.seq:,} outcomes replayed in {full:.2f}s "
+          f"({fresh.seq / full:,.0f}/s); same state hash: {same}")
+    del fresh
+    t = time.perf_counter()
+    seq.snapshot()
+    took = time.perf_counter() - t
+    size = max(len(s.state) for s in logs.snapshots.select_events(SNAPSHOT_STREAM_ID))
+    fill_requests(logs, work.orders(tail))
+    while seq.step():
+        pass
+    seq.drain()
+    t = time.perf_counter()
+    fresh = Sequencer(logs)
+    with_snap = time.perf_counter() - t
+    same = fresh.exchange.state_hash() == seq.exchange.state_hash()
+    print(f"restart: snapshot at seq {fresh.snapshot_seq:,} ({len(seq.exchange.orders):,} open orders, "
+          f"{size / 1e6:.1f} MB stored, saved in {took:.2f}s) + {fresh.seq - fresh.snapshot_seq:,} outcomes "
+          f"after it: {with_snap:.2f}s; same state hash: {same}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432",
@@ -370,11 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
             print(s.getvalue())
 
-        t = time.perf_counter()
-        fresh = Sequencer(logs)
-        print(f"recover: {fresh.seq} outcomes replayed in {time.perf_counter() - t:.2f}s, "
-              f"same state hash: {fresh.exchange.state_hash() == seq.exchange.state_hash()}")
-        del fresh
+        restart(logs, seq, work)
 
         limits = store_limits(settings, logs, min(args.store_events, n))
         rate = n / elapsed

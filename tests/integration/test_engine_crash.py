@@ -45,7 +45,7 @@ def crash_run(make_store: StoreFactory, tmp_path: Path, *, requests: int, kills:
         writer = Writer(logs, seed=seed)
         writer.setup()
         # Paced so that writing spans the stops: the engine follows a live writer.
-        background = BackgroundWriter(writer, requests, pause=kills * 1.2 / requests)
+        background = BackgroundWriter(writer, requests, pause=kills * 1.0 / requests)
         background.start()
         log_path = tmp_path / "engine.log"
         kill_count = term_count = 0
@@ -53,14 +53,21 @@ def crash_run(make_store: StoreFactory, tmp_path: Path, *, requests: int, kills:
         for i in range(kills):
             before = logs.engine_position()
             engine = EngineProcess(settings, log_path, **ENGINE_ENV)
-            # Random moments: before recovery ends, while catching up, while following the writer.
-            time.sleep(rnd.uniform(0.3, 2.5))
-            if i % 5 == 4:
+            # Random moments: some during start-up and recovery, most while it works through the
+            # backlog the writer made meanwhile (deciding, committing, saving a snapshot).
+            if i % 6 == 0:
+                time.sleep(rnd.uniform(0.05, 1.5))
+                engine.kill()
+                kill_count += 1
+            elif i % 6 == 5:
                 engine.wait_ready()
+                time.sleep(rnd.uniform(0, 1.0))
                 code = engine.terminate()
                 assert code == 0, f"SIGTERM must stop it cleanly, exit {code}:\n{engine.output()[-3000:]}"
                 term_count += 1
             else:
+                engine.wait_ready()
+                time.sleep(rnd.uniform(0, 1.2))
                 assert engine.kill() == -9
                 kill_count += 1
             progress.append(logs.engine_position() - before)
@@ -82,10 +89,14 @@ def crash_run(make_store: StoreFactory, tmp_path: Path, *, requests: int, kills:
         assert outcomes == writer.appended
         check_state(logs)
         assert sum(1 for p in progress if p > 0) >= kills // 3, f"the engine hardly ran: {progress}"
+        everything = log_path.read_text(errors="replace")
         print(
             f"\n[crash {settings.backend}] {kill_count} SIGKILLs + {term_count} SIGTERMs, "
             f"{outcomes} requests, each exactly once, in {time.monotonic() - started:.1f}s; "
-            f"progress between stops: {progress}"
+            f"{everything.count('engine recovered')} recoveries "
+            f"({everything.count('from the snapshot at seq')} from a snapshot), "
+            f"{everything.count('INFO spotex.engine: snapshot at seq')} snapshots saved; "
+            f"outcomes committed between stops: {progress}"
         )
 
 
