@@ -14,9 +14,10 @@ differing rows by primary key. The copies are dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from engine.log import Logs
@@ -105,6 +106,25 @@ class Beside:
             tx.execute("DELETE FROM projection_errors WHERE name = ?", (self.follower.name,))
 
 
+class Busy(RuntimeError):
+    """Another rebuild or verify of the same projection is running."""
+
+
+@contextlib.contextmanager
+def exclusive(store: ReadStore, classes: Sequence[type[Projection]], purpose: str) -> Iterator[None]:
+    """One rebuild (or verify) at a time per projection: a second one would drop the first's
+    copies. A duplicate rebuild message finds the lock taken and leaves."""
+    locks = [ProjectionLock(store, f"{cls.name}@{purpose}") for cls in classes]
+    try:
+        for lock in locks:
+            if not lock.acquire(0):
+                raise Busy(f"a {purpose} of {lock.name.split('@')[0]} is already running")
+        yield
+    finally:
+        for lock in locks:
+            lock.close()
+
+
 def start_beside(store: ReadStore, logs: Logs, classes: Sequence[type[Projection]], purpose: str
                  ) -> list[Beside]:
     lookup = make_lookup(logs)
@@ -166,6 +186,17 @@ def rebuild(
     Returns the position each one was swapped in at. Raises ProjectionFailed (leaving the live
     tables untouched) if an event cannot be applied.
     """
+    with exclusive(store, classes, "rebuild"):
+        return _rebuild(store, logs, classes, progress, lock_timeout)
+
+
+def _rebuild(
+    store: ReadStore,
+    logs: Logs,
+    classes: Sequence[type[Projection]],
+    progress: Progress | None,
+    lock_timeout: float | None,
+) -> dict[str, int]:
     besides = start_beside(store, logs, classes, "rebuild")
     done: dict[str, int] = {}
     try:
@@ -238,6 +269,18 @@ def verify(
 
     Returns the differences per projection (empty lists: identical).
     """
+    with exclusive(store, classes, "verify"):
+        return _verify(store, logs, classes, progress, limit, lock_timeout)
+
+
+def _verify(
+    store: ReadStore,
+    logs: Logs,
+    classes: Sequence[type[Projection]],
+    progress: Progress | None,
+    limit: int,
+    lock_timeout: float | None,
+) -> dict[str, list[str]]:
     targets = {cls.name: live_position(store, cls.name) for cls in classes}
     besides = start_beside(store, logs, classes, "verify")
     found: dict[str, list[str]] = {}
