@@ -35,7 +35,8 @@ from engine.log import Logs, RequestConflict
 
 log = logging.getLogger("spotex.demo")
 
-ASSETS = (("BTC", 8), ("ETH", 8), ("USDT", 6))
+# USDT keeps 8 decimals so that tick 0.01 × lot 0.00001 of BTC-USDT is a whole number of its units.
+ASSETS = (("BTC", 8), ("ETH", 8), ("USDT", 8))
 MARKETS = (
     ListMarket(symbol="BTC-USDT", base="BTC", quote="USDT", tick_size="0.01", lot_size="0.00001",
                min_notional="1", maker_fee="0.001", taker_fee="0.002"),
