@@ -51,6 +51,7 @@ class AuditViolation:
     code: str
     message: str
     seq: int | None = None  # the outcome being audited when it was found
+    request_position: int | None = None  # the request that outcome answers
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +152,7 @@ class Audit:
 
     def _reporter(self, o: RecordedOutcome | None, found: list[AuditViolation]) -> Callable[..., None]:
         seq = o.seq if o is not None else None
+        answers = o.request_position if o is not None else None
         default_position = o.position if o is not None else self.last_position
         default_event = o.request_id if o is not None else None
 
@@ -161,7 +163,7 @@ class Audit:
             position: int | None = default_position,
             event_id: str | None = default_event,
         ) -> None:
-            found.append(AuditViolation(log, position, event_id, code, message, seq))
+            found.append(AuditViolation(log, position, event_id, code, message, seq, answers))
 
         return v
 
@@ -185,7 +187,11 @@ class Audit:
     def _chain(self, o: RecordedOutcome, v: Callable[..., None]) -> None:
         expected = self.last_seq + 1
         if o.seq > expected:
-            v("seq_gap", f"seq {o.seq} follows {self.last_seq}: outcomes {expected}..{o.seq - 1} are missing")
+            v(
+                "seq_gap",
+                f"seq {o.seq} follows {self.last_seq}: outcomes {expected}..{o.seq - 1} are missing "
+                f"(removed after position {self.last_position or 0})",
+            )
         elif o.seq < expected:
             v("seq_order", f"seq {o.seq} follows {self.last_seq}: outcomes are reordered or repeated")
         if self.last_hash and o.prev_hash != self.last_hash:

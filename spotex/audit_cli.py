@@ -297,15 +297,27 @@ def _print_audit(
         print("CLEAN: no violations", file=out)
         return
     assert first is not None
-    print(
-        f"FAILED: {len(found):,} violations; FIRST affected: {first.log} log position {first.position}"
-        + (f" (outcome seq {first.seq})" if first.seq is not None else ""),
-        file=out,
-    )
+    print(f"FAILED: {len(found):,} violations; FIRST affected: {first_affected(first, found)}", file=out)
     for v in found[:LISTED]:
         print(f"  {v}", file=out)
     if len(found) > LISTED:
         print(f"  … and {len(found) - LISTED:,} more (--json lists up to {JSON_LISTED:,})", file=out)
+
+
+def first_affected(first: AuditViolation, found: list[AuditViolation]) -> str:
+    """Where the first violation points, in words: when re-execution differs from an outcome
+    whose own hash and link are intact, it is the request that changed."""
+    where = f"{first.log} log position {first.position}"
+    if first.seq is not None and first.log == "exchange":
+        where += f" (outcome seq {first.seq})"
+    if first.code == "reexecution_mismatch" and first.request_position is not None:
+        broken = any(v.code in CHAIN_CODES and v.position == first.position for v in found)
+        if not broken:
+            return (
+                f"requests log position {first.request_position} (its re-execution differs from the "
+                f"intact outcome at exchange log position {first.position})"
+            )
+    return where
 
 
 # -- spotex replay ------------------------------------------------------------------------------

@@ -1,0 +1,462 @@
+"""``spotex audit`` and ``spotex replay`` against real stores, on SQLite and on PostgreSQL.
+
+A flow is recorded with the real engine (``Logs.append_request``, ``Sequencer.step()`` with
+batches of one, the live state captured after each step). Then:
+
+- the untouched log audits clean (exit 0), also split over two processes, also as a read-only
+  PostgreSQL role made with the SQL of docs/audit.md;
+- one stored outcome changed, one deleted, two swapped, one request changed and one deleted,
+  each by SQL: exit 1, and the report's first violation names the first position affected;
+- ``replay --at`` a position or a time gives exactly the balances and book the live engine had.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from domain.commands import (
+    AmendOrder,
+    CancelOrder,
+    Command,
+    CompleteWithdrawal,
+    Deposit,
+    ListAsset,
+    ListMarket,
+    PlaceOrder,
+    RegisterUser,
+    RequestWithdrawal,
+    Transfer,
+    request_id_for,
+)
+from engine.log import Logs
+from engine.sequencer import Sequencer
+from spotex import audit_cli
+from spotex.cli import main
+from spotex.config import Settings
+from spotex.wiring import build_logs
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+# --- a recorded flow ---------------------------------------------------------------------------
+
+
+class Flow:
+    """Appends a seeded mix of every command and runs the engine one request at a time."""
+
+    def __init__(self, logs: Logs, seed: int = 7) -> None:
+        self.logs, self.rnd = logs, random.Random(seed)
+        self.appended = 0
+        self.users: list[tuple[str, str]] = []
+        self.orders: list[tuple[str, str]] = []
+        self.withdrawals: list[str] = []
+        self.admin = ""
+
+    def append(self, command: Command, actor: str | None) -> str:
+        rid = request_id_for(command, actor) or uuid.UUID(int=self.rnd.getrandbits(128), version=4)
+        self.logs.append_request(rid, actor, command.to_log(), T0 + timedelta(seconds=self.appended))
+        self.appended += 1
+        return str(rid)
+
+    def setup(self) -> None:
+        self.admin = self.append(RegisterUser(username="admin", password_hash="x", roles=["admin"]), None)
+        self.append(ListAsset(symbol="BTC", precision=8), self.admin)
+        self.append(ListAsset(symbol="USDT", precision=6), self.admin)
+        self.append(
+            ListMarket(
+                symbol="BTC-USDT",
+                base="BTC",
+                quote="USDT",
+                tick_size="0.01",
+                lot_size="0.0001",
+                maker_fee="0.001",
+                taker_fee="0.002",
+            ),
+            self.admin,
+        )
+        for name in ("alice", "bob", "carol"):
+            uid = self.append(RegisterUser(username=name, password_hash="x"), None)
+            self.users.append((name, uid))
+            self.append(Deposit(username=name, asset="USDT", amount="100000", reference="u"), self.admin)
+            self.append(Deposit(username=name, asset="BTC", amount="5", reference="b"), self.admin)
+
+    def one(self, i: int) -> None:
+        rnd = self.rnd
+        name, uid = rnd.choice(self.users)
+        r = rnd.random()
+        if r < 0.12 and self.orders:
+            oid, owner = self.orders.pop(rnd.randrange(len(self.orders)))
+            self.append(CancelOrder(order_id=uuid.UUID(oid)), owner)
+        elif r < 0.22 and self.orders:
+            oid, owner = rnd.choice(self.orders)
+            self.append(
+                AmendOrder(order_id=uuid.UUID(oid), quantity=f"{rnd.randint(1, 40) / 1e4:.4f}"), owner
+            )
+        elif r < 0.3:
+            self.append(
+                PlaceOrder(
+                    market="BTC-USDT",
+                    side=rnd.choice(("buy", "sell")),
+                    type="market",
+                    quantity=f"{rnd.randint(1, 30) / 1e4:.4f}",
+                ),
+                uid,
+            )
+        elif r < 0.34:
+            self.withdrawals.append(
+                self.append(
+                    RequestWithdrawal(asset="USDT", amount=f"{rnd.randint(1, 50)}", reference=f"w{i}"), uid
+                )
+            )
+        elif r < 0.37 and self.withdrawals:
+            wid = self.withdrawals.pop()
+            self.append(CompleteWithdrawal(withdrawal_id=uuid.UUID(wid)), self.admin)
+        elif r < 0.4:
+            to = rnd.choice([n for n, _ in self.users if n != name])
+            self.append(Transfer(to_username=to, asset="BTC", amount="0.01", reference=f"t{i}"), uid)
+        else:
+            side = rnd.choice(("buy", "sell"))
+            ticks = 3_000_000 + (-1 if side == "buy" else 1) * rnd.randint(-3, 25)
+            oid = self.append(
+                PlaceOrder(
+                    market="BTC-USDT",
+                    side=side,
+                    type="limit",
+                    price=f"{ticks / 100:.2f}",
+                    quantity=f"{rnd.randint(1, 60) / 1e4:.4f}",
+                    client_order_id=f"c{i}" if i % 3 == 0 else None,
+                ),
+                uid,
+            )
+            self.orders.append((oid, uid))
+
+
+def record(settings: Settings, count: int = 120) -> list[tuple[int, str, dict[str, Any], str]]:
+    """Record a flow; per outcome: (position, time, live rendered state, live state hash)."""
+    logs = build_logs(settings, create_tables=True)
+    flow = Flow(logs)
+    flow.setup()
+    for i in range(count):
+        flow.one(i)
+    seq = Sequencer(logs, batch_size=1)
+    live = []
+    while seq.step():
+        live.append(
+            (
+                seq.exchange_position,
+                T0 + timedelta(seconds=seq.seq - 1),
+                audit_cli.render_state(seq.exchange),
+                seq.exchange.state_hash(),
+            )
+        )
+    assert seq.seq == flow.appended
+    return live
+
+
+# --- the two backends, and SQL on their tables -------------------------------------------------
+
+
+class Store:
+    """A fresh store and raw SQL access to its two event tables."""
+
+    def __init__(self, kind: str, settings: Settings, env: dict[str, str]) -> None:
+        self.kind, self.settings, self.env = kind, settings, env
+
+    @contextmanager
+    def sql(self, log: str) -> Iterator[Callable[..., list[Any]]]:
+        """``run(statement, *params)`` on the table of ``log``; ``{t}`` is the table, ``{p}`` the
+        position column, ``?`` a parameter."""
+        if self.kind == "sqlite":
+            conn: Any = sqlite3.connect(self.settings.data_dir / f"{log}.sqlite")
+            t, p = "stored_events", "rowid"
+        else:
+            conn = psycopg.connect(str(self.settings.database_url), autocommit=True)
+            t, p = f"{log}_events", "notification_id"
+
+        def run(statement: str, *params: Any) -> list[Any]:
+            text = statement.format(t=t, p=p)
+            if self.kind != "sqlite":
+                text = text.replace("?", "%s")
+            cur = conn.execute(text, params)
+            rows = cur.fetchall() if cur.description else []
+            if self.kind == "sqlite":
+                conn.commit()
+            return rows
+
+        try:
+            yield run
+        finally:
+            conn.close()
+
+    def state(self, log: str, position: int) -> dict[str, Any]:
+        with self.sql(log) as run:
+            return json.loads(bytes(run("SELECT state FROM {t} WHERE {p} = ?", position)[0][0]))
+
+    def set_state(self, log: str, position: int, state: dict[str, Any]) -> None:
+        with self.sql(log) as run:
+            run("UPDATE {t} SET state = ? WHERE {p} = ?", json.dumps(state).encode(), position)
+
+
+StoreMaker = Callable[[], AbstractContextManager[Store]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StoreMaker:
+    @contextmanager
+    def make() -> Iterator[Store]:
+        monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
+        if request.param == "sqlite":
+            data = tmp_path / f"data-{uuid.uuid4().hex[:8]}"
+            monkeypatch.setenv("SPOTEX_DATA_DIR", str(data))
+            yield Store("sqlite", Settings(data_dir=data), {"SPOTEX_DATA_DIR": str(data)})
+            return
+        with request.getfixturevalue("make_postgres_database")() as url:
+            monkeypatch.setenv("SPOTEX_DATABASE_URL", url)
+            yield Store("postgres", Settings(database_url=url), {"SPOTEX_DATABASE_URL": url})
+
+    return make
+
+
+@pytest.fixture
+def recorded(make_store: StoreMaker) -> Iterator[tuple[Store, list[Any]]]:
+    with make_store() as store:
+        yield store, record(store.settings)
+
+
+def run_audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(["audit", "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def trade_position(store: Store, live: list[Any]) -> int:
+    for position, *_ in live:
+        if any(f["type"] == "TradeExecuted" for f in store.state("exchange", position)["facts"]):
+            return int(position)
+    raise AssertionError("the flow made no trade")
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+def test_the_untouched_log_is_clean(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store, live = recorded
+    code, report = run_audit(capsys)
+    assert code == 0, report["violation_list"]
+    assert report["outcomes"] == report["requests"] == len(live)
+    assert report["last_position"] == live[-1][0]
+    assert report["state_hash"] == live[-1][3]
+    assert report["facts"]["TradeExecuted"] > 5 and report["facts"]["OrderAmended"] > 0
+    assert all(row["sum"] == 0 for row in report["assets"].values())
+    assert main(["audit"]) == 0
+    assert "CLEAN" in capsys.readouterr().out
+    middle = live[len(live) // 2]
+    code, report = run_audit(capsys, "--until", str(middle[0]))
+    assert (code, report["last_position"], report["state_hash"]) == (0, middle[0], middle[3])
+
+
+def test_the_audit_split_over_two_processes_agrees(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, live = recorded
+    _, alone = run_audit(capsys)
+    monkeypatch.setattr(audit_cli, "PARALLEL_FROM", 0)
+    code, split = run_audit(capsys)
+    assert code == 0
+    assert {k: split[k] for k in ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests")} == {
+        k: alone[k] for k in ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests")
+    }
+    position = trade_position(store, live)
+    state = store.state("exchange", position)
+    state["facts"][-1]["type"] = "OrderRejected"
+    store.set_state("exchange", position, state)
+    code, split = run_audit(capsys)
+    monkeypatch.setattr(audit_cli, "PARALLEL_FROM", 10**9)
+    _, alone = run_audit(capsys)
+    assert code == 1 and split["first_violation"] == alone["first_violation"]
+    assert split["first_violation"]["position"] == position
+
+
+def test_a_changed_outcome_is_named_at_its_position(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    position = trade_position(store, live)
+    state = store.state("exchange", position)
+    trade = next(f for f in state["facts"] if f["type"] == "TradeExecuted")
+    trade["quantity"] += 1
+    store.set_state("exchange", position, state)
+    code, report = run_audit(capsys)
+    first = report["first_violation"]
+    assert code == 1
+    assert (first["log"], first["position"], first["code"]) == ("exchange", position, "hash_mismatch")
+    codes = {v["code"] for v in report["violation_list"]}
+    assert {"reexecution_mismatch", "trade_amounts"} <= codes
+    assert main(["audit"]) == 1
+    assert f"FIRST affected: exchange log position {position}" in capsys.readouterr().out
+
+
+def test_a_deleted_outcome_breaks_the_chain_at_the_next_position(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    gone, after = live[40][0], live[41][0]
+    with store.sql("exchange") as run:
+        run("DELETE FROM {t} WHERE {p} = ?", gone)
+    code, report = run_audit(capsys)
+    first = report["first_violation"]
+    assert code == 1
+    assert (first["log"], first["position"], first["code"]) == ("exchange", after, "seq_gap")
+    assert f"after position {live[39][0]}" in first["message"]
+    missing = [v for v in report["violation_list"] if v["code"] == "request_without_outcome"]
+    assert [(v["log"], v["position"]) for v in missing] == [("requests", 41)]
+
+
+def test_swapped_outcomes_are_named_at_the_first_of_the_two(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    a, b = live[60][0], live[61][0]
+    state_a, state_b = store.state("exchange", a), store.state("exchange", b)
+    store.set_state("exchange", a, state_b)
+    store.set_state("exchange", b, state_a)
+    code, report = run_audit(capsys)
+    first = report["first_violation"]
+    assert code == 1
+    assert (first["log"], first["position"]) == ("exchange", a)
+    assert {"chain_break", "hash_mismatch", "outcome_order"} <= {v["code"] for v in report["violation_list"]}
+
+
+def test_a_changed_request_makes_reexecution_differ_and_is_named(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _live = recorded
+    with store.sql("requests") as run:
+        rows = run("SELECT {p}, state FROM {t} ORDER BY {p}")
+    position, state = next(
+        (p, json.loads(bytes(s)))
+        for p, s in rows
+        if json.loads(bytes(s))["command"].get("type") == "limit" and p > 30
+    )
+    state["command"]["quantity"] = "0.0999"
+    store.set_state("requests", position, state)
+    code, report = run_audit(capsys)
+    first = report["first_violation"]
+    assert code == 1
+    assert (first["log"], first["position"], first["code"]) == ("exchange", position, "reexecution_mismatch")
+    assert first["request_position"] == position
+    assert main(["audit"]) == 1
+    text = capsys.readouterr().out
+    assert f"FIRST affected: requests log position {position}" in text
+
+
+def test_a_deleted_request_is_named_by_its_position(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _live = recorded
+    with store.sql("requests") as run:
+        run("DELETE FROM {t} WHERE {p} = ?", 50)
+    code, report = run_audit(capsys)
+    first = report["first_violation"]
+    assert code == 1
+    assert (first["log"], first["position"], first["code"]) == ("requests", 50, "missing_request")
+
+
+def test_undecodable_events_are_violations(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    with store.sql("exchange") as run:
+        run("UPDATE {t} SET state = ? WHERE {p} = ?", b"{not json", live[20][0])
+    code, report = run_audit(capsys)
+    assert code == 1
+    assert (report["first_violation"]["position"], report["first_violation"]["code"]) == (
+        live[20][0],
+        "undecodable",
+    )
+
+
+def test_a_missing_store_is_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SPOTEX_DATA_DIR", str(tmp_path / "nothing"))
+    assert main(["audit"]) == 2
+    assert not (tmp_path / "nothing" / "exchange.sqlite").exists()
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+def test_replay_gives_the_live_state_at_positions_and_times(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    logs = audit_cli.open_logs(store.settings)
+    for position, time, rendered, state_hash in live[:: max(1, len(live) // 9)] + live[-1:]:
+        ex, last = audit_cli.replay_state(logs, position)
+        assert last is not None and last.position == position
+        assert ex.state_hash() == state_hash
+        assert audit_cli.render_state(ex) == rendered
+        ex, last = audit_cli.replay_state(logs, time + timedelta(milliseconds=500))
+        assert last is not None and ex.state_hash() == state_hash
+    position, _, rendered, _ = live[70]
+    capsys.readouterr()
+    assert main(["replay", "--at", str(position)]) == 0
+    text = capsys.readouterr().out
+    assert f"as of exchange log position {position}" in text
+    for b in rendered["balances"]:
+        assert b["available"] in text and b["frozen"] in text
+    for book in rendered["books"].values():
+        for price, quantity in book["bids"] + book["asks"]:
+            assert re.search(rf"{re.escape(price)}\s+{re.escape(quantity)}", text)
+    assert main(["replay", "--at", str(position), "--user", "alice", "--market", "BTC-USDT"]) == 0
+    text = capsys.readouterr().out
+    assert "bob" not in text and "alice" in text
+    assert main(["replay", "--at", "yesterday"]) == 2
+
+
+# --- the read-only role of docs/audit.md ------------------------------------------------------
+
+
+def test_audit_as_the_read_only_role_of_the_docs(
+    make_postgres_database: Callable[[], AbstractContextManager[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    block = re.search(r"```sql\n(.*?)```", (ROOT / "docs" / "audit.md").read_text(), re.S)
+    assert block, "docs/audit.md has the role's SQL in a ```sql block"
+    role = f"auditor_{uuid.uuid4().hex[:8]}"
+    with make_postgres_database() as url:
+        record(Settings(database_url=url), count=30)
+        dbname = url.rsplit("/", 1)[1]
+        script = block.group(1).replace("auditor", role).replace("spotex", dbname).replace("CHANGE-ME", "pw")
+        admin = psycopg.connect(url, autocommit=True)
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                admin.execute(statement)
+            role_url = url.replace("postgres@", f"{role}:pw@", 1)
+            monkeypatch.delenv("SPOTEX_DATA_DIR", raising=False)
+            monkeypatch.setenv("SPOTEX_DATABASE_URL", role_url)
+            capsys.readouterr()
+            assert main(["audit"]) == 0, capsys.readouterr()
+            with psycopg.connect(role_url, autocommit=True) as conn, pytest.raises(psycopg.Error):
+                conn.execute("DELETE FROM exchange_events")
+        finally:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            admin.close()
