@@ -1,0 +1,483 @@
+"""The WebSocket fan-out of one api process: one follower task shared by all its connections.
+
+Each api process follows the read models itself: every ``interval`` it reads the projections'
+tracking positions (one small query) and, for each channel whose projections moved, the changes
+after what it last sent (``book_updates`` after the last sequence, trades after the last trade id,
+the latest candles, the ticker, and for ``user`` the exchange log after the last outcome folded).
+Sequences, trade ids and positions come from the read models and the log, never from the process,
+so every api process sends the same stream and adding processes adds fan-out capacity. In the
+embedded default it is the one process.
+
+Invariants:
+
+- One read per channel per tick whatever the number of subscribers; each message is serialised
+  once and the same string is offered to every subscriber.
+- ``book``: a subscriber gets the channel's snapshot (the in-memory book, which is the read
+  model's book at the channel's sequence) and then every update after it, without gaps. Snapshot
+  and registration happen under the hub's lock, which the tick also holds while it reads and
+  broadcasts, so nothing is sent twice or missed between them. If the change log ever skips a
+  sequence (it should not), the channel reloads and sends everyone a new snapshot.
+- ``user``: a connection gets a snapshot at balances position ``Q`` and then only messages of
+  positions after ``Q``; each user's messages are never offered to another user's connections.
+- Offering never blocks: a subscriber's queue is bounded and a full one drops that subscriber
+  (``api.routers.ws``), so a slow client never slows the hub or anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any, Protocol
+
+from api.schemas import Candle, Ticker, Trade
+from api.user_stream import UserStream, order_resource, user_ids
+from projections import delivery
+from projections import queries as q
+from projections.base import epoch_seconds
+from projections.candles import PERIODS
+
+log = logging.getLogger("spotex.ws")
+
+# ("book", market) · ("trades", market) · ("ticker", market) · ("candles", market, interval)
+Key = tuple[str, ...]
+BOOK_DEPTH = 5000  # the most levels per side a snapshot carries (queries.book's cap)
+RECENT = 100  # trades and candles a snapshot carries
+USER_PROJECTIONS = ("markets", "balances", "orders", "fills", "notifications")
+OUTCOME_PAGE = 1000
+MAX_PAGES_PER_TICK = 20
+
+
+def dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+class Subscriber(Protocol):
+    def offer(self, text: str) -> None:
+        """Queue a message without blocking (a full queue drops the subscriber)."""
+
+
+class UnknownMarket(LookupError):
+    pass
+
+
+class Channel:
+    """A public channel of one market: its state as last sent, and what changed since."""
+
+    deps: tuple[str, ...] = ()
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.market = key[1]
+        self.seen: tuple[int, ...] | None = None
+        self._snapshot: str | None = None
+
+    def load(self, store: Any) -> None:
+        raise NotImplementedError
+
+    def snapshot_message(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def poll(self, store: Any) -> list[str]:
+        raise NotImplementedError
+
+    def snapshot(self) -> str:
+        if self._snapshot is None:
+            self._snapshot = dumps(self.snapshot_message())
+        return self._snapshot
+
+    def changed(self) -> None:
+        self._snapshot = None
+
+
+class BookChannel(Channel):
+    deps = ("book",)
+
+    def load(self, store: Any) -> None:
+        book = q.book(store, self.market, depth=BOOK_DEPTH)
+        if book is None:
+            raise UnknownMarket(self.market)
+        self.sequence, self.position = book["sequence"], book["position"]
+        self.sides: dict[str, dict[str, str]] = {
+            "bids": {p: qty for p, qty in book["bids"]},
+            "asks": {p: qty for p, qty in book["asks"]},
+        }
+        self.changed()
+
+    def snapshot_message(self) -> dict[str, Any]:
+        bids = sorted(self.sides["bids"].items(), key=lambda kv: Decimal(kv[0]), reverse=True)
+        asks = sorted(self.sides["asks"].items(), key=lambda kv: Decimal(kv[0]))
+        return {"type": "snapshot", "channel": "book", "market": self.market, "sequence": self.sequence,
+                "position": self.position, "bids": [list(b) for b in bids], "asks": [list(a) for a in asks]}
+
+    def poll(self, store: Any) -> list[str]:
+        out: list[str] = []
+        for _ in range(MAX_PAGES_PER_TICK):
+            updates = q.book_updates(store, self.market, after_sequence=self.sequence, limit=1000)
+            if not updates:
+                break
+            if updates[0]["sequence"] != self.sequence + 1:
+                log.warning("book %s: change log jumps from %s to %s; sending a new snapshot",
+                            self.market, self.sequence, updates[0]["sequence"])
+                self.load(store)
+                return [self.snapshot()]
+            for u in updates:
+                for side in ("bids", "asks"):
+                    levels = self.sides[side]
+                    for price, qty in u[side]:
+                        if Decimal(qty) == 0:
+                            levels.pop(price, None)
+                        else:
+                            levels[price] = qty
+                self.sequence, self.position = u["sequence"], u["position"]
+                out.append(dumps({"type": "update", "channel": "book", "market": self.market,
+                                  "sequence": u["sequence"], "position": u["position"],
+                                  "bids": u["bids"], "asks": u["asks"]}))
+            self.changed()
+            if len(updates) < 1000:
+                break
+        return out
+
+
+class TradesChannel(Channel):
+    deps = ("trades",)
+
+    def load(self, store: Any) -> None:
+        if q.market(store, self.market) is None:
+            raise UnknownMarket(self.market)
+        rows = q.trades(store, self.market, limit=RECENT)["data"]
+        self.recent: deque[dict[str, Any]] = deque((public(Trade, r) for r in reversed(rows)), RECENT)
+        self.last_id = rows[0]["trade_id"] if rows else 0
+        self.changed()
+
+    def snapshot_message(self) -> dict[str, Any]:
+        return {"type": "snapshot", "channel": "trades", "market": self.market, "trades": list(self.recent)}
+
+    def poll(self, store: Any) -> list[str]:
+        fresh: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(MAX_PAGES_PER_TICK):  # newest first, back to the last trade sent
+            page = q.trades(store, self.market, limit=1000, cursor=cursor)
+            rows = [r for r in page["data"] if r["trade_id"] > self.last_id]
+            fresh.extend(rows)
+            cursor = page["next_cursor"]
+            if len(rows) < len(page["data"]) or cursor is None:
+                break
+        if not fresh:
+            return []
+        fresh.sort(key=lambda r: r["trade_id"])
+        self.last_id = fresh[-1]["trade_id"]
+        trades = [public(Trade, r) for r in fresh]
+        self.recent.extend(trades)
+        self.changed()
+        return [dumps({"type": "update", "channel": "trades", "market": self.market, "trades": trades})]
+
+
+class CandlesChannel(Channel):
+    deps = ("candles",)
+
+    def __init__(self, key: Key) -> None:
+        super().__init__(key)
+        self.interval = key[2]
+        self.seconds = PERIODS[self.interval]
+
+    def load(self, store: Any) -> None:
+        if q.market(store, self.market) is None:
+            raise UnknownMarket(self.market)
+        rows = q.candles(store, self.market, self.interval, limit=RECENT)
+        self.candles: dict[str, dict[str, Any]] = {r["open_time"]: public(Candle, r) for r in rows}
+        self.changed()
+
+    def snapshot_message(self) -> dict[str, Any]:
+        return {"type": "snapshot", "channel": "candles", "market": self.market, "interval": self.interval,
+                "candles": [self.candles[t] for t in sorted(self.candles, key=_epoch)]}
+
+    def poll(self, store: Any) -> list[str]:
+        # Outcome times are request times, so a late outcome can still land in the bucket
+        # before the latest one: look one bucket back.
+        start = max((_epoch(t) for t in self.candles), default=0) - self.seconds
+        rows = q.candles(store, self.market, self.interval, start=max(start, 0), limit=1000)
+        changed = []
+        for row in rows:
+            candle = public(Candle, row)
+            if self.candles.get(candle["open_time"]) != candle:
+                self.candles[candle["open_time"]] = candle
+                changed.append(candle)
+        if not changed:
+            return []
+        for t in sorted(self.candles, key=_epoch)[:-RECENT]:
+            del self.candles[t]
+        self.changed()
+        return [dumps({"type": "update", "channel": "candles", "market": self.market,
+                       "interval": self.interval, "candles": changed})]
+
+
+class TickerChannel(Channel):
+    deps = ("ticker", "book")  # best bid and ask come from the book
+
+    def load(self, store: Any) -> None:
+        row = q.ticker(store, self.market)
+        if row is None:
+            raise UnknownMarket(self.market)
+        self.ticker = public(Ticker, row)
+        self.changed()
+
+    def snapshot_message(self) -> dict[str, Any]:
+        return {"type": "snapshot", "channel": "ticker", "market": self.market, "ticker": self.ticker}
+
+    def poll(self, store: Any) -> list[str]:
+        row = q.ticker(store, self.market)
+        if row is None:
+            return []
+        ticker = public(Ticker, row)
+        if ticker == self.ticker:
+            return []
+        self.ticker = ticker
+        self.changed()
+        return [dumps({"type": "update", "channel": "ticker", "market": self.market, "ticker": ticker})]
+
+
+CHANNELS: dict[str, Callable[[Key], Channel]] = {
+    "book": BookChannel, "trades": TradesChannel, "candles": CandlesChannel, "ticker": TickerChannel,
+}
+
+
+def public(model: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """The row in the REST response's shape (the same pydantic model filters both)."""
+    dumped: dict[str, Any] = model.model_validate(row).model_dump()
+    return dumped
+
+
+def _epoch(iso: str) -> int:
+    return epoch_seconds(iso)
+
+
+class UserFollow:
+    """The connections following one user, each with the position its snapshot was taken at."""
+
+    def __init__(self) -> None:
+        self.since: dict[Subscriber, int] = {}
+
+
+class Hub:
+    """Subscriptions of every connection of this process, and the one task that follows."""
+
+    def __init__(self, store: Any, logs: Any, interval: float = 0.01) -> None:
+        self.store = store
+        self.logs = logs
+        self.interval = interval
+        self.channels: dict[Key, Channel] = {}
+        self.subscribers: dict[Key, set[Subscriber]] = {}
+        self.users: dict[str, UserFollow] = {}
+        self.user_stream = UserStream(store)
+        self.user_position: int | None = None  # last exchange position folded for `user`
+        self.notification_after = 0
+        self.user_seen: tuple[int, ...] | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        # One thread of its own: reads never queue behind the api's request threads, and a
+        # SQLite store keeps one connection for it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spotex-ws")
+        self.ticks = 0
+        self.sent = 0
+        self.closed = False
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- subscriptions (called by connections) ------------------------------------------------
+
+    async def subscribe(self, sub: Subscriber, key: Key, before: str | None = None) -> None:
+        """Register ``sub`` on a public channel and offer it ``before`` (its ack) and the snapshot.
+
+        Raises UnknownMarket (nothing offered). Subscribing again offers a fresh snapshot.
+        """
+        async with self._lock:
+            channel = self.channels.get(key)
+            if channel is None:
+                channel = CHANNELS[key[0]](key)
+                await self._call(channel.load, self.store)
+                self.channels[key] = channel
+            if before is not None:
+                sub.offer(before)
+            sub.offer(channel.snapshot())
+            self.subscribers.setdefault(key, set()).add(sub)
+        self._start()
+
+    async def unsubscribe(self, sub: Subscriber, key: Key) -> None:
+        async with self._lock:
+            subs = self.subscribers.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.subscribers[key]
+                    self.channels.pop(key, None)
+
+    async def follow_user(self, sub: Subscriber, user_id: str) -> None:
+        """Register ``sub`` on ``user`` and offer it the snapshot (balances and open orders)."""
+        async with self._lock:
+            if self.user_position is None:
+                self.user_position = await self._call(self._head)
+                self.notification_after = await self._call(
+                    delivery.last_notification_id, self.store, self.user_position)
+            snap = await self._call(self._user_snapshot, user_id)
+            follow = self.users.setdefault(user_id, UserFollow())
+            follow.since[sub] = snap["position"]
+            sub.offer(dumps(snap))
+        self._start()
+
+    async def unfollow_user(self, sub: Subscriber, user_id: str) -> None:
+        async with self._lock:
+            follow = self.users.get(user_id)
+            if follow is None:
+                return
+            follow.since.pop(sub, None)
+            if not follow.since:
+                del self.users[user_id]
+                self.user_stream.forget(user_id)
+            if not self.users:  # nobody to fold for: start again from the head next time
+                self.user_position = None
+
+    async def drop(self, sub: Subscriber, keys: Iterable[Key], user_id: str | None) -> None:
+        """Forget a closed connection everywhere."""
+        for key in list(keys):
+            await self.unsubscribe(sub, key)
+        if user_id is not None:
+            await self.unfollow_user(sub, user_id)
+
+    def _head(self) -> int:
+        positions = q.positions(self.store)
+        return min(int(positions[n]["position"]) for n in USER_PROJECTIONS)
+
+    def _user_snapshot(self, user_id: str) -> dict[str, Any]:
+        balances = self.user_stream.follow(user_id)
+        orders = q.orders(self.store, user_id, status="open", limit=1000)["data"]
+        return {"type": "snapshot", "channel": "user", "position": balances["position"],
+                "balances": balances["balances"], "orders": [order_resource(o) for o in orders]}
+
+    # -- the follower -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self.closed and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="spotex-ws-follower")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self.closed:
+            await asyncio.sleep(self.interval if not failures else min(0.05 * 2 ** failures, 5.0))
+            if not self.subscribers and not self.users:
+                continue
+            try:
+                async with self._lock:
+                    channels = [self.channels[k] for k in self.subscribers if k in self.channels]
+                    users = set(self.users)
+                    result = await self._call(self._tick, channels, users)
+                    self._broadcast(result)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("WebSocket follower: a tick failed (retrying)")
+
+    def _tick(self, channels: list[Channel], users: set[str]
+              ) -> tuple[list[tuple[Key, list[str]]], dict[str, list[tuple[int, str]]]]:
+        """Runs in the hub's thread: what each channel and each followed user gets now."""
+        self.ticks += 1
+        positions = {n: int(r["position"]) for n, r in q.positions(self.store).items()}
+        public_out = []
+        for channel in channels:
+            seen = tuple(positions.get(d, 0) for d in channel.deps)
+            if seen == channel.seen:
+                continue
+            texts = channel.poll(self.store)
+            channel.seen = seen
+            if texts:
+                public_out.append((channel.key, texts))
+        user_out: dict[str, list[tuple[int, str]]] = {}
+        if users and self.user_position is not None:
+            user_out = self._user_tick(positions, users)
+        return public_out, user_out
+
+    def _user_tick(self, positions: dict[str, int], users: set[str]) -> dict[str, list[tuple[int, str]]]:
+        head = min(positions.get(n, 0) for n in USER_PROJECTIONS)
+        assert self.user_position is not None
+        collected: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
+        n = 0
+        for _ in range(MAX_PAGES_PER_TICK):
+            if self.user_position >= head:
+                break
+            page = self.logs.read_outcomes(self.user_position, OUTCOME_PAGE, head)
+            if not page:
+                break
+            if not users.isdisjoint(user_ids(page)) or any(
+                    f["type"] in ("AssetListed", "MarketListed") for o in page for f in o.facts):
+                for user_id, messages in self.user_stream.fold(page).items():
+                    for position, message in messages:
+                        n += 1
+                        collected.setdefault(user_id, []).append((position, n, message))
+            self.user_position = page[-1].position
+        # Notifications up to the same position, after the outcome's own messages.
+        upto = self.user_position
+        prefs: dict[str, dict[str, Any]] = {}
+        while True:
+            rows = delivery.notifications_after(self.store, self.notification_after, upto, 1000)
+            for row in rows:
+                user_id = row["user_id"]
+                if user_id in users:
+                    if user_id not in prefs:
+                        prefs[user_id] = q.preferences(self.store, user_id)
+                    if delivery.wants(prefs[user_id], row["kind"], "ws"):
+                        n += 1
+                        body = {k: row[k] for k in ("notification_id", "kind", "time", "position", "data")}
+                        collected.setdefault(user_id, []).append((row["position"], n, {
+                            "type": "notification", "channel": "user", "position": row["position"],
+                            "notification": body}))
+                self.notification_after = row["notification_id"]
+            if len(rows) < 1000:
+                break
+        out: dict[str, list[tuple[int, str]]] = {}
+        for user_id, items in collected.items():
+            items.sort(key=lambda item: (item[0], item[1]))
+            out[user_id] = [(position, dumps(message)) for position, _, message in items]
+        return out
+
+    def _broadcast(self, result: tuple[list[tuple[Key, list[str]]], dict[str, list[tuple[int, str]]]]
+                   ) -> None:
+        public_out, user_out = result
+        sent = 0
+        for key, texts in public_out:
+            for sub in list(self.subscribers.get(key, ())):
+                for text in texts:
+                    sub.offer(text)
+                sent += len(texts)
+        for user_id, messages in user_out.items():
+            follow = self.users.get(user_id)
+            if follow is None:
+                continue
+            for sub, since in list(follow.since.items()):
+                for position, text in messages:
+                    if position > since:
+                        sub.offer(text)
+                        sent += 1
+        self.sent += sent
+
+    def stats(self) -> dict[str, Any]:
+        return {"channels": len(self.channels),
+                "subscriptions": sum(len(s) for s in self.subscribers.values()),
+                "users": len(self.users), "ticks": self.ticks, "messages_offered": self.sent,
+                "time": time.time()}
