@@ -33,7 +33,9 @@ from api.routers import (
     orders,
     transfers,
     users,
+    webhooks,
     withdrawals,
+    ws,
 )
 from api.security import InvalidToken, decode_token
 from api.services import Services
@@ -112,6 +114,7 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await ws.close_hub(app)
         close = getattr(services.limiter, "close", None)
         if close is not None:
             await close()
@@ -133,7 +136,7 @@ def create_app(services: Services) -> FastAPI:
 
     app.add_exception_handler(Exception, internal)
     for module in (auth, users, assets, markets, market_data, deposits, withdrawals, transfers,
-                   balances, orders, fills, events, notifications, ops):
+                   balances, orders, fills, events, notifications, ops, webhooks, ws):
         app.include_router(module.router)
     app.add_middleware(EdgeMiddleware, services=services)
     services.metrics.watch(lambda: _lags(services))

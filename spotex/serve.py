@@ -182,6 +182,12 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     engine_wake.set()
     engine.start()
     projections.start()
+    from projections.webhooks import DeliveryRunner, WebhookConfig
+
+    delivery_stop = threading.Event()
+    delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
+        store, WebhookConfig.from_env(env, settings.production)).run(delivery_stop))
+    delivery.start()
     if maker is not None:
         maker.start()
 
@@ -196,6 +202,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     try:
         server.run()
     finally:
+        delivery_stop.set()
+        delivery.join(timeout=30)
         _shut_down(sequencer, engine, engine_stop, projections, projections_stop, projections_wake,
                    maker, maker_stop, services, logs, store)
     return 0 if engine.failure is None else 1
