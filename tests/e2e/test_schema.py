@@ -17,7 +17,7 @@ def _run_schemathesis(server: Server, token: str, tmp: Path) -> subprocess.Compl
     st = Path(sys.executable).with_name("st")
     return subprocess.run(
         [str(st), "run", f"{server.url}/openapi.json", "--checks", CHECKS, "--max-examples", "6",
-         "--phases", "examples,fuzzing", "--seed", "20261122", "--workers", "2", "--no-shrink",
+         "--phases", "examples,fuzzing", "--seed", "20261122", "--workers", "1", "--no-shrink",
          "--generation-database", "none", "--request-timeout", "30", "--no-color",
          "--header", f"Authorization: Bearer {token}", "--exclude-path", "/v1/auth/token"],
         cwd=tmp, capture_output=True, text=True, timeout=900,
