@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from domain.amounts import format_units
 from domain.markets import Asset, Market
-from projections.store import Tx, big, bigs
+from projections.store import Tx, big
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]
@@ -148,13 +148,7 @@ class Keyed:
         self.loaded_all = False
         self.tx: Tx | None = None
         cols = ", ".join(self.columns)
-        marks = ", ".join("?" * len(self.columns))
-        keys = ", ".join(self.key)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in self.key)
         self._select = f"SELECT {cols} FROM {table}"
-        self._upsert = (
-            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT ({keys}) DO UPDATE SET {updates}"
-        )
         self._delete = f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = ?" for k in self.key)
 
     def _row(self, values: Sequence[Any]) -> Row:
@@ -218,17 +212,22 @@ class Keyed:
     def flush(self, tx: Tx) -> None:
         upserts = []
         deletes = []
+        render = self.render
+        columns = self.columns
+        big_at = [i for i, c in enumerate(columns) if c in self.big]
         for key, row in self.dirty.items():
             if row is None:
                 deletes.append(key)
-            else:
-                if self.render is not None:
-                    self.render(row)
-                upserts.append(
-                    tuple(bigs(row[c]) if c in self.big else row[c] for c in self.columns)
-                )
+                continue
+            if render is not None:
+                render(row)
+            values = [row[c] for c in columns]
+            for i in big_at:
+                if values[i] is not None:
+                    values[i] = str(values[i])
+            upserts.append(values)
         tx.executemany(self._delete, deletes)
-        tx.executemany(self._upsert, upserts)
+        tx.upsert_many(self.table, columns, self.key, upserts)
         self.dirty.clear()
         if not self.complete and len(self.cache) > self.max_cached:
             self.cache.clear()

@@ -83,6 +83,34 @@ class Tx:
             marks = ", ".join("?" * len(columns))
             self.conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
 
+    def upsert_many(
+        self, table: str, columns: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert or replace whole rows by primary key.
+
+        PostgreSQL: COPY into a session-local temporary copy of the table, then one
+        ``INSERT … SELECT … ON CONFLICT DO UPDATE`` (one round trip per batch instead of one
+        statement per row). SQLite: executemany of the same upsert.
+        """
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        if self.dialect == "postgres":
+            temp = f"up_{table}"[:63]
+            self.conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table}) ON COMMIT DELETE ROWS"
+            )
+            self.conn.execute(f"DELETE FROM {temp}")
+            with self.conn.cursor() as cur, cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self.conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} {conflict}")
+        else:
+            marks = ", ".join("?" * len(columns))
+            self.conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks}) {conflict}", rows)
+
     def select_in(
         self, sql_head: str, key_columns: Sequence[str], keys: Iterable[tuple[Any, ...]]
     ) -> list[Any]:
