@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from domain.amounts import format_units
-from engine.audit import Audit, AuditViolation, Unreadable, merge_reports
+from engine.audit import Audit, AuditViolation, StoredOutcome, Unreadable, merge_reports
 from engine.exchange import Exchange, RequestRecord
 from engine.log import EXCHANGE_STREAM_ID, SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
 from spotex.config import Settings, event_store_envs
@@ -93,6 +93,7 @@ def _time(value: Any) -> str:
 
 
 _decode = json.JSONDecoder().decode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _uuid(value: Any) -> UUID:
@@ -103,24 +104,46 @@ def decode_outcome(n: Any) -> RecordedOutcome | Unreadable:
     try:
         if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
             raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
-        d = _decode(n.state.decode())
-        o = RecordedOutcome(
-            n.id,
-            n.originator_version,
+        state = n.state.decode()
+        d = _decode(state)
+        time, rid, position, actor, command = (
             _time(d["timestamp"]),
             d["request_id"],
             d["request_position"],
             d["actor"],
             d["command"],
-            d["facts"],
-            d["prev_hash"],
-            d["hash"],
         )
-        if type(o.facts) is not list or not all(type(f) is dict for f in o.facts):
+        facts, prev_hash, digest = d["facts"], d["prev_hash"], d["hash"]
+        if type(facts) is not list or not all(type(f) is dict for f in facts):
             raise ValueError("facts must be a list of objects")
-        return o
+        return StoredOutcome(
+            n.id,
+            n.originator_version,
+            time,
+            rid,
+            position,
+            actor,
+            command,
+            facts,
+            prev_hash,
+            digest,
+            _facts_slice(state, time, rid, position, actor, command, prev_hash, digest),
+        )
     except Exception as exc:
         return Unreadable("exchange", n.id, None, f"the stored outcome does not decode: {exc!r}")
+
+
+def _facts_slice(state: str, *fields: Any) -> str | None:
+    """The stored facts' bytes, if the state is laid out exactly as ``encode_outcome`` writes it."""
+    time, rid, position, actor, command, prev_hash, digest = map(_encode, fields)
+    prefix = (
+        f'{{"timestamp":{{"_type_":"datetime_iso","_data_":{time}}},"request_id":{rid},'
+        f'"request_position":{position},"actor":{actor},"command":{command},"facts":'
+    )
+    suffix = f',"prev_hash":{prev_hash},"hash":{digest}}}'
+    if len(state) > len(prefix) + len(suffix) and state.startswith(prefix) and state.endswith(suffix):
+        return state[len(prefix) : len(state) - len(suffix)]
+    return None
 
 
 def decode_request(n: Any) -> RequestRecord | Unreadable:

@@ -293,15 +293,23 @@ def test_the_audit_split_over_two_processes_agrees(
     assert split["first_violation"]["position"] == position
 
 
+@pytest.mark.parametrize("how", ["rewritten", "bytes"])
 def test_a_changed_outcome_is_named_at_its_position(
-    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     store, live = recorded
     position = trade_position(store, live)
-    state = store.state("exchange", position)
-    trade = next(f for f in state["facts"] if f["type"] == "TradeExecuted")
-    trade["quantity"] += 1
-    store.set_state("exchange", position, state)
+    if how == "rewritten":  # decoded, changed and stored again as other JSON
+        state = store.state("exchange", position)
+        trade = next(f for f in state["facts"] if f["type"] == "TradeExecuted")
+        trade["quantity"] += 1
+        store.set_state("exchange", position, state)
+    else:  # one byte of the stored facts changed in place, the layout kept
+        with store.sql("exchange") as run:
+            raw = bytes(run("SELECT state FROM {t} WHERE {p} = ?", position)[0][0])
+            start = raw.index(b'"quantity":', raw.index(b'"TradeExecuted"') - 400) + len(b'"quantity":')
+            changed = raw[:start] + b"9" + raw[start:]
+            run("UPDATE {t} SET state = ? WHERE {p} = ?", changed, position)
     code, report = run_audit(capsys)
     first = report["first_violation"]
     assert code == 1

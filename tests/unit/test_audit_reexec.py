@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from domain.commands import COMMANDS, request_id_for, user_id_for
-from engine.audit import Audit, AuditViolation, Unreadable
-from engine.exchange import Exchange, RequestRecord
+from engine.audit import Audit, AuditViolation, StoredOutcome, Unreadable
+from engine.exchange import Exchange, RequestRecord, canonical
 from engine.log import GENESIS_HASH, RecordedOutcome, outcome_hash
 
 ALICE, BOB = user_id_for("alice"), user_id_for("bob")
@@ -36,25 +36,75 @@ def flow() -> list[RequestRecord]:
         (None, "RegisterUser", {"username": "bob", "password_hash": "x"}),
         (None, "ListAsset", {"symbol": "BTC", "precision": 8}),
         (None, "ListAsset", {"symbol": "USDT", "precision": 6}),
-        (None, "ListMarket", {"symbol": "BTC-USDT", "base": "BTC", "quote": "USDT", "tick_size": "0.01",
-                              "lot_size": "0.0001", "maker_fee": "0.001", "taker_fee": "0.002"}),
+        (
+            None,
+            "ListMarket",
+            {
+                "symbol": "BTC-USDT",
+                "base": "BTC",
+                "quote": "USDT",
+                "tick_size": "0.01",
+                "lot_size": "0.0001",
+                "maker_fee": "0.001",
+                "taker_fee": "0.002",
+            },
+        ),
         (None, "Deposit", {"username": "alice", "asset": "USDT", "amount": "100000", "reference": "a1"}),
         (None, "Deposit", {"username": "bob", "asset": "BTC", "amount": "3", "reference": "b1"}),
-        (BOB, "PlaceOrder", {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30000",
-                             "quantity": "0.5", "client_order_id": "s1"}),
-        (BOB, "PlaceOrder", {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30010",
-                             "quantity": "0.5", "client_order_id": "s2"}),
-        (BOB, "PlaceOrder", {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30010",
-                             "quantity": "0.25"}),
-        (ALICE, "PlaceOrder", {"market": "BTC-USDT", "side": "buy", "type": "limit", "price": "30010",
-                               "quantity": "0.8", "client_order_id": "b1"}),
-        (ALICE, "PlaceOrder", {"market": "BTC-USDT", "side": "buy", "type": "limit", "price": "29000",
-                               "quantity": "1"}),
+        (
+            BOB,
+            "PlaceOrder",
+            {
+                "market": "BTC-USDT",
+                "side": "sell",
+                "type": "limit",
+                "price": "30000",
+                "quantity": "0.5",
+                "client_order_id": "s1",
+            },
+        ),
+        (
+            BOB,
+            "PlaceOrder",
+            {
+                "market": "BTC-USDT",
+                "side": "sell",
+                "type": "limit",
+                "price": "30010",
+                "quantity": "0.5",
+                "client_order_id": "s2",
+            },
+        ),
+        (
+            BOB,
+            "PlaceOrder",
+            {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30010", "quantity": "0.25"},
+        ),
+        (
+            ALICE,
+            "PlaceOrder",
+            {
+                "market": "BTC-USDT",
+                "side": "buy",
+                "type": "limit",
+                "price": "30010",
+                "quantity": "0.8",
+                "client_order_id": "b1",
+            },
+        ),
+        (
+            ALICE,
+            "PlaceOrder",
+            {"market": "BTC-USDT", "side": "buy", "type": "limit", "price": "29000", "quantity": "1"},
+        ),
         (BOB, "PlaceOrder", {"market": "BTC-USDT", "side": "sell", "type": "market", "quantity": "0.1"}),
         (ALICE, "RequestWithdrawal", {"asset": "USDT", "amount": "100", "reference": "w1"}),
         (ALICE, "Transfer", {"to_username": "bob", "asset": "USDT", "amount": "5", "reference": "t1"}),
-        (BOB, "PlaceOrder", {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30100",
-                             "quantity": "1"}),
+        (
+            BOB,
+            "PlaceOrder",
+            {"market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30100", "quantity": "1"},
+        ),
     ]
     return [request(i + 1, actor, name, **fields) for i, (actor, name, fields) in enumerate(commands)]
 
@@ -66,8 +116,20 @@ def record(requests: list[RequestRecord], first_position: int = 1) -> list[Recor
         facts = ex.execute(r)
         name = r.command["command"]
         digest = outcome_hash(prev, seq, r.request_id, r.position, r.time, r.actor, name, facts)
-        out.append(RecordedOutcome(first_position + seq - 1, seq, r.time, r.request_id, r.position, r.actor,
-                                   name, copy.deepcopy(facts), prev, digest))
+        out.append(
+            RecordedOutcome(
+                first_position + seq - 1,
+                seq,
+                r.time,
+                r.request_id,
+                r.position,
+                r.actor,
+                name,
+                copy.deepcopy(facts),
+                prev,
+                digest,
+            )
+        )
         prev = digest
     return out
 
@@ -220,8 +282,12 @@ def test_a_snapshot_must_equal_the_reexecuted_state() -> None:
     for r in requests[:12]:
         ex.execute(r)
     o = outcomes[11]
-    snap = {"exchange_position": o.position, "request_position": o.request_position, "last_hash": o.hash,
-            "state": ex.to_state()}
+    snap = {
+        "exchange_position": o.position,
+        "request_position": o.request_position,
+        "last_hash": o.hash,
+        "state": ex.to_state(),
+    }
     assert audit(requests, outcomes, snapshots={12: snap}) == []
     bad = copy.deepcopy(snap)
     bad["state"]["balances"][0][2] += 1
@@ -241,3 +307,18 @@ def test_parts_split_the_work(parts: tuple[str, ...]) -> None:
     else:  # the lost OrderAccepted leaves its later facts without an order or a hold
         assert {"unknown_order", "unknown_hold"} <= codes(found)
         assert not codes(found) & {"seq_gap", "chain_break", "request_without_outcome"}
+
+
+def test_the_chain_is_checked_over_the_stored_facts_bytes_when_the_reader_gives_them() -> None:
+    requests, outcomes = flow(), record(flow())
+    stored = [
+        StoredOutcome(*(getattr(o, f) for f in o.__slots__), canonical(o.facts).decode())  # type: ignore[attr-defined]
+        for o in outcomes
+    ]
+    assert audit(requests, stored) == []
+    i = trade_index(outcomes)
+    o = stored[i]
+    assert o.facts_json is not None
+    stored[i] = replace(o, facts_json=o.facts_json.replace('"quantity":', '"quantity":1', 1))
+    found = audit(requests, stored)
+    assert (found[0].code, found[0].position) == ("hash_mismatch", o.position)
