@@ -123,7 +123,7 @@ class LedgerCheck:
         self, kind: str, postings: list[Any], touched: set[tuple[str, str]], out: list[Problem]
     ) -> None:
         sums: dict[str, int] = {}
-        balances, totals = self.balances, self.totals
+        balances = self.balances
         for account, asset, d_available, d_frozen in postings:
             if type(d_available) is not int or type(d_frozen) is not int:
                 raise TypeError(f"posting deltas must be integers: {d_available!r}, {d_frozen!r}")
@@ -134,13 +134,13 @@ class LedgerCheck:
             else:
                 row[0] += d_available
                 row[1] += d_frozen
-            delta = d_available + d_frozen
-            sums[asset] = sums.get(asset, 0) + delta
-            totals[asset] = totals.get(asset, 0) + delta
+            sums[asset] = sums.get(asset, 0) + d_available + d_frozen
             touched.add(key)
-            self._touched_assets.add(asset)
+        # The totals over all accounts move only by what a fact fails to balance.
         for asset, total in sorted(sums.items()):
             if total:
+                self.totals[asset] = self.totals.get(asset, 0) + total
+                self._touched_assets.add(asset)
                 out.append(("unbalanced_postings", f"{kind} postings in {asset} sum to {total}, not 0"))
 
     # -- holds ------------------------------------------------------------------------------
