@@ -24,7 +24,6 @@ import argparse
 import cProfile
 import io
 import os
-import platform
 import pstats
 import random
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._machine import print_machine
 from domain.commands import (
     CancelOrder,
     Command,
@@ -191,31 +191,6 @@ def scratch_store(url: str, keep: bool) -> Iterator[Settings]:
             print(f"kept database {name}")
 
 
-def machine() -> str:
-    try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _machine import describe  # type: ignore[import-not-found]
-
-        return str(describe())
-    except Exception:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs{mem}, Python {platform.python_version()}, {platform.system()}"
-
-
 def server_info(settings: Settings) -> str:
     if settings.backend != "postgres":
         import sqlite3
@@ -271,6 +246,20 @@ def store_limits(settings: Settings, logs: Logs, events: int) -> dict[str, float
         version += len(chunk)
     out["batched_1000"] = _rate(len(stored), time.perf_counter() - t)
 
+    if settings.backend == "postgres":  # the same, through the engine's recorder (binary rows)
+        from engine.log import PROCESS_RECORDER_TOPIC
+
+        env = {**envs["exchange"], "PROCESS_RECORDER_TOPIC": PROCESS_RECORDER_TOPIC}
+        binary = InfrastructureFactory.construct(Environment("benchbin", env)).process_recorder()
+        version = 0
+        t = time.perf_counter()
+        for start in range(0, len(stored), 1000):
+            chunk = stored[start : start + 1000]
+            tracking = Tracking("bench", version + len(chunk))
+            binary.insert_events(renumbered(chunk, version + 1), tracking=tracking)
+            version += len(chunk)
+        out["binary_1000"] = _rate(len(stored), time.perf_counter() - t)
+
     if settings.backend == "postgres":
         import psycopg
 
@@ -312,11 +301,13 @@ def consume(seq: Sequencer, logs: Logs) -> tuple[int, float, list[float]]:
 
     logs.commit = timed_commit  # type: ignore[method-assign]
     n = 0
+    cpu = time.process_time()
     t = time.perf_counter()
     while k := seq.step():
         n += k
     seq.drain()
     elapsed = time.perf_counter() - t
+    consume.cpu = time.process_time() - cpu  # type: ignore[attr-defined]
     logs.commit = real_commit  # type: ignore[method-assign]
     return n, elapsed, commits
 
@@ -356,13 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=20)
     p.add_argument("--store-events", type=int, default=50_000, help="events for the store's limits")
     p.add_argument("--no-pipeline", action="store_true", help="commit each batch before the next")
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="sys.setswitchinterval for the run (spotex engine sets 0.001)")
+    p.add_argument("--skip-store", action="store_true", help="skip the store's limits and restarts")
     p.add_argument("--profile", action="store_true", help="cProfile the consumption, print the top")
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = p.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     with scratch_store(args.url, args.keep) as settings:
         logs = Logs.open(event_store_envs(settings))
-        print(f"machine: {machine()}")
+        print_machine()
         print(f"store:   {server_info(settings)}")
         work = Workload(args.users)
         t = time.perf_counter()
@@ -381,8 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if prof:
             prof.disable()
         same = seq.exchange.state_hash() == shadow_hash
+        cpu = consume.cpu  # type: ignore[attr-defined]
         print(f"engine:  {n} requests in {elapsed:.2f}s = {n / elapsed:,.0f} requests/s "
               f"(batch {args.batch}; {len(commits)} commits; state hash equals the shadow's: {same})")
+        print(f"cpu:     {cpu:.2f}s of this process = {cpu / n * 1e6:.0f} us per request "
+              f"(all threads; {n / cpu:,.0f} requests per CPU-second)")
         if commits:
             ms = sorted(c * 1000 for c in commits)
             print(f"commit:  per batch median {statistics.median(ms):.1f} ms, "
@@ -396,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(25)
             print(s.getvalue())
 
+        if args.skip_store:
+            return 0
         restart(logs, seq, work)
 
         limits = store_limits(settings, logs, min(args.store_events, n))
@@ -403,11 +404,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"store:   {limits['bytes_per_event']:.0f} bytes per outcome on average")
         print(f"  library, one event per transaction: {limits['one_per_tx']:>10,.0f} events/s")
         print(f"  library, insert_events of 1,000:    {limits['batched_1000']:>10,.0f} events/s")
+        if "binary_1000" in limits:
+            print(f"  the same, rows sent in binary:      {limits['binary_1000']:>10,.0f} events/s"
+                  "  (engine.log.BinaryPostgresProcessRecorder)")
         if "copy_1000" in limits:
             print(f"  raw COPY, 1,000 per transaction:    {limits['copy_1000']:>10,.0f} events/s")
+        best = limits.get("binary_1000", limits["batched_1000"])
         print(f"ratios:  engine / one-per-tx {rate / limits['one_per_tx']:.1f}x, "
-              f"engine / batched {rate / limits['batched_1000']:.2f}, "
-              + (f"batched / COPY {limits['batched_1000'] / limits['copy_1000']:.2f}"
+              f"engine / batched {rate / best:.2f}"
+              + (f", batched (binary) / COPY {best / limits['copy_1000']:.2f}, "
+                 f"library as shipped / COPY {limits['batched_1000'] / limits['copy_1000']:.2f}"
                  if "copy_1000" in limits else ""))
     return 0
 

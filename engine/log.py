@@ -84,8 +84,11 @@ class Outcome(DomainEvent):
 register_topic(Request.TOPIC, Request)
 register_topic(Outcome.TOPIC, Outcome)
 
-# ``canonical`` (engine.exchange) without building an encoder per call: the same options.
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# ``canonical`` (engine.exchange) without building an encoder per call: the same output (a cycle,
+# which the circular check would report, still fails: with a RecursionError).
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+).encode
 _json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _string = json.encoder.encode_basestring  # what that encoder does with a str, without the dispatch
 
