@@ -61,29 +61,43 @@ def open_logs(settings: Settings) -> Logs:
 
 
 def _pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
-    """Notifications page after page, the next page fetched in a thread while this one is used."""
-    pages: queue.Queue[list[Any] | BaseException | None] = queue.Queue(maxsize=2)
+    """Notifications page after page, the next page fetched in a thread while this one is used;
+    the thread stops when the pages run out or the consumer stops early."""
+    pages: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: list[Any] | BaseException) -> None:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def reader() -> None:
         after = 0
         try:
-            while True:
+            while not stop.is_set():
                 page = fetch(after)
-                pages.put(page)
+                put(page)
                 if not page:
                     return
                 after = page[-1].id
         except BaseException as exc:
-            pages.put(exc)
+            put(exc)
 
-    threading.Thread(target=reader, name="audit-reader", daemon=True).start()
-    while True:
-        page = pages.get()
-        if isinstance(page, BaseException):
-            raise StoreError(f"reading the log failed: {page}") from page
-        if not page:
-            return
-        yield from page
+    thread = threading.Thread(target=reader, name="audit-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            page = pages.get()
+            if isinstance(page, BaseException):
+                raise StoreError(f"reading the log failed: {page}") from page
+            if not page:
+                return
+            yield from page
+    finally:
+        stop.set()
 
 
 def _time(value: Any) -> str:
