@@ -19,6 +19,7 @@ first order of the first level is the best-priority order of a side. It follows 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sortedcontainers import SortedDict
@@ -106,7 +107,7 @@ class BookCheck:
             del levels[key]
         order.resting = False
 
-    def in_priority(self, market: str, side: str) -> Any:
+    def in_priority(self, market: str, side: str) -> Iterator[_Order]:
         """Resting orders of one side, best first."""
         for level in self._levels(market, side).values():
             for oid in level:
@@ -167,7 +168,7 @@ def _trade(bc: BookCheck, f: Fact, out: list[Problem]) -> None:
         out.append(("book_state", f"trade {tid}: the maker must rest in {f['market']}, the taker must not"))
     else:
         best = next((o for o in bc.in_priority(maker.market, maker.side) if o.user_id != taker.user_id), None)
-        if best is not maker:
+        if best is None or best.order_id != maker.order_id:
             who = best.order_id if best is not None else "nothing"
             out.append(("priority", f"trade {tid}: maker {maker.order_id}, but {who} has priority"))
     if price != maker.price:
