@@ -157,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine()
     settings = ensure_log(args.url, args.db, args.n, args.rebuild)
     print(server_info(settings))
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average before: {load} (other work on this machine slows every figure)")
     if not args.skip_full:
         r = full_audit(settings)
         events = r["outcomes"] + r["requests"]
@@ -176,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:<20} {seconds:7.2f} s  {us:7.1f} µs/outcome  {rate:>10,.0f}/s alone {share:6.1%}")
         print(f"  {'all, in sequence':<20} {total:7.2f} s  {total / args.phases * 1e6:7.1f} µs/outcome  "
               f"{args.phases / total:>10,.0f} outcomes/s = {2 * args.phases / total:,.0f} events/s")
+    print("load average after: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     return 0
 
 
