@@ -164,8 +164,8 @@ class UserStream:
                     order["status"] = "partially_filled"
                 touched[oid] = None
             fee_asset = f[f"{role}_fee_asset"]
-            fill = {
-                "trade_id": f["trade_id"], "order_id": oid,
+            fill = {  # as GET /v1/fills shows it
+                "trade_id": f["trade_id"], "order_id": oid, "user_id": user_id,
                 "market": f["market"], "side": side, "price": market.format_price(f["price"]),
                 "quantity": market.format_quantity(f["quantity"]),
                 "quote_quantity": self.catalog.units(market.quote, f["quote_amount"]),
@@ -214,9 +214,10 @@ class UserStream:
             "quantity": None if row.get("quantity") is None else market.quantity_lots(row["quantity"]),
             "quote_quantity": row.get("quote_quantity"), "filled": filled, "filled_quote": filled_quote,
             "fee": fee, "fee_asset": row.get("fee_asset"), "time_in_force": row.get("time_in_force"),
-            "post_only": bool(row.get("post_only")), "status": "partially_filled" if filled else "open",
-            "reject_reason": None, "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "position": row["position"],
+            "post_only": bool(row.get("post_only")),
+            "self_trade_prevention": row.get("self_trade_prevention"),
+            "status": "partially_filled" if filled else "open", "created_at": row["created_at"],
+            "updated_at": row["updated_at"], "position": row["position"],
         }
 
     def _accepted(self, o: RecordedOutcome, f: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,8 +230,9 @@ class UserStream:
             "quote_quantity": None if qq is None else format_units(qq, market.quote_precision),
             "filled": 0, "filled_quote": 0, "fee": 0,
             "fee_asset": market.base if f["side"] == "buy" else market.quote,
-            "time_in_force": f["time_in_force"], "post_only": bool(f["post_only"]), "status": "open",
-            "reject_reason": None, "created_at": o.time, "updated_at": o.time, "position": o.position,
+            "time_in_force": f["time_in_force"], "post_only": bool(f["post_only"]),
+            "self_trade_prevention": f["self_trade_prevention"], "status": "open",
+            "created_at": o.time, "updated_at": o.time, "position": o.position,
         }
 
     def _order_resource(self, order: Mapping[str, Any]) -> Message:
@@ -251,6 +253,7 @@ class UserStream:
             "side": order["side"], "type": order["type"],
             "price": None if price is None else market.format_price(price),
             "quantity": None if quantity is None else market.format_quantity(quantity),
+            "quote_quantity": order["quote_quantity"],
             "filled_quantity": market.format_quantity(filled),
             "remaining_quantity": remaining,
             "filled_quote": format_units(order["filled_quote"], quote_p),
@@ -258,7 +261,8 @@ class UserStream:
             if filled else None,
             "fee": format_units(order["fee"], fee_p), "fee_asset": order["fee_asset"],
             "time_in_force": order["time_in_force"], "post_only": order["post_only"],
-            "status": order["status"], "reject_reason": order["reject_reason"],
+            "self_trade_prevention": order["self_trade_prevention"],
+            "status": order["status"], "reject_reason": None, "reject_message": None,
             "created_at": order["created_at"], "updated_at": order["updated_at"],
             "position": order["position"],
         }
@@ -273,16 +277,9 @@ class UserStream:
         }
 
 
-ORDER_FIELDS = (
-    "order_id", "client_order_id", "market", "side", "type", "price", "quantity", "filled_quantity",
-    "remaining_quantity", "filled_quote", "average_price", "fee", "fee_asset", "time_in_force",
-    "post_only", "status", "reject_reason", "created_at", "updated_at", "position",
-)
-
-
 def order_resource(row: Mapping[str, Any]) -> Message:
-    """An order read-model row as the API's order resource (``user_id`` and internals dropped)."""
-    return {k: row.get(k) for k in ORDER_FIELDS}
+    """An order read-model row as the API's order resource (as ``GET /v1/orders/{id}``: no user_id)."""
+    return {k: v for k, v in row.items() if k != "user_id"}
 
 
 def envelope(kind: str, position: int, body: Message) -> Message:
