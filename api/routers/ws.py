@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -40,8 +41,6 @@ from projections.candles import PERIODS
 router = APIRouter()
 log = logging.getLogger("spotex.ws")
 
-MAX_QUEUED_MESSAGES = 5000
-MAX_QUEUED_BYTES = 8 * 1024 * 1024
 MAX_SUBSCRIPTIONS = 100
 MAX_OP_BYTES = 4096
 OPS_PER_SECOND, OPS_BURST = 20.0, 100.0
@@ -65,7 +64,7 @@ def hub_of(websocket: WebSocket) -> Hub:
         store = getattr(services.reads, "store", None)
         if store is None:
             raise RuntimeError("the WebSocket hub needs services.reads.store (projections.store.ReadStore)")
-        hub = Hub(store, services.logs)
+        hub = Hub.from_environ(store, services.logs, os.environ)
         state.ws_hub = hub
     return hub
 
@@ -99,7 +98,7 @@ class Connection:
     def offer(self, text: str) -> None:
         if self.dropped.is_set():
             return
-        if len(self.queue) >= MAX_QUEUED_MESSAGES or self.queued_bytes + len(text) > MAX_QUEUED_BYTES:
+        if len(self.queue) >= self.hub.queue_messages or self.queued_bytes + len(text) > self.hub.queue_bytes:
             self.queue.clear()
             self.queued_bytes = 0
             self.dropped.set()
@@ -299,7 +298,8 @@ class Connection:
                 self.expiry.cancel()
             await self.hub.drop(self, self.keys, self.following)
         if self.dropped.is_set():
-            reason = f"slow_consumer: more than {MAX_QUEUED_MESSAGES} messages waiting"
+            reason = (f"slow_consumer: more than {self.hub.queue_messages} messages or "
+                      f"{self.hub.queue_bytes} bytes waiting")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(SLOW_CONSUMER, reason), CLOSE_TIMEOUT)
 
