@@ -1,9 +1,10 @@
 """``spotex audit`` and ``spotex replay``: read the stores (read-only), run ``engine.audit``, print.
 
 The stores are opened with ``create_tables=False`` (and SQLite files in ``mode=ro``); nothing
-here writes. Stored events are decoded straight from their JSON (the ``eventsourcing`` mapper's
-generic transcoder is several times slower and would hide a malformed event behind an
-exception); an event that does not decode is reported as ``undecodable``, never skipped.
+here writes. Pages of stored events are read through the recorders (a thread fetches the next
+page while this one is audited) and decoded by ``engine.audit_decode``; the checks are
+``engine.audit``; replayed state is ``engine.audit_replay``. On large logs the audit runs in two
+processes (see ``PARALLEL_FROM``).
 Progress goes to stderr; the report to stdout. Exit 0 when clean, 1 with violations, 2 when the
 stores cannot be read.
 """
@@ -20,17 +21,18 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from uuid import UUID
 
 from domain.amounts import format_units
-from engine.audit import Audit, AuditViolation, StoredOutcome, Unreadable, merge_reports
+from engine.audit import Audit, AuditViolation, Unreadable, merge_reports
+from engine.audit_decode import decode_outcome, decode_request
+from engine.audit_replay import ReplayError, fold, render_state
 from engine.exchange import Exchange, RequestRecord
-from engine.log import EXCHANGE_STREAM_ID, SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
+from engine.log import SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
 from spotex.config import Settings, event_store_envs
 
 PAGE = 5_000
@@ -60,13 +62,13 @@ def open_logs(settings: Settings) -> Logs:
         raise StoreError(f"cannot open the logs: {exc}") from exc
 
 
-def _pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
+def _pages(fetch: Callable[[int], Sequence[Any]]) -> Iterator[Any]:
     """Notifications page after page, the next page fetched in a thread while this one is used;
     the thread stops when the pages run out or the consumer stops early."""
-    pages: queue.Queue[list[Any] | BaseException] = queue.Queue(maxsize=2)
+    pages: queue.Queue[Sequence[Any] | BaseException] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
-    def put(item: list[Any] | BaseException) -> None:
+    def put(item: Sequence[Any] | BaseException) -> None:
         while not stop.is_set():
             try:
                 pages.put(item, timeout=0.1)
@@ -98,81 +100,6 @@ def _pages(fetch: Callable[[int], list[Any]]) -> Iterator[Any]:
             yield from page
     finally:
         stop.set()
-
-
-def _time(value: Any) -> str:
-    if not isinstance(value, dict) or value.get("_type_") != "datetime_iso":
-        raise ValueError(f"timestamp {value!r} is not a stored datetime")
-    return str(value["_data_"])
-
-
-_decode = json.JSONDecoder().decode
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
-
-
-def decode_outcome(n: Any) -> RecordedOutcome | Unreadable:
-    try:
-        if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
-            raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
-        state = n.state.decode()
-        d = _decode(state)
-        time, rid, position, actor, command = (
-            _time(d["timestamp"]),
-            d["request_id"],
-            d["request_position"],
-            d["actor"],
-            d["command"],
-        )
-        facts, prev_hash, digest = d["facts"], d["prev_hash"], d["hash"]
-        if type(facts) is not list or not all(type(f) is dict for f in facts):
-            raise ValueError("facts must be a list of objects")
-        return StoredOutcome(
-            n.id,
-            n.originator_version,
-            time,
-            rid,
-            position,
-            actor,
-            command,
-            facts,
-            prev_hash,
-            digest,
-            _facts_slice(state, time, rid, position, actor, command, prev_hash, digest),
-        )
-    except Exception as exc:
-        return Unreadable("exchange", n.id, None, f"the stored outcome does not decode: {exc!r}")
-
-
-def _facts_slice(state: str, *fields: Any) -> str | None:
-    """The stored facts' bytes, if the state is laid out exactly as ``encode_outcome`` writes it."""
-    time, rid, position, actor, command, prev_hash, digest = map(_encode, fields)
-    prefix = (
-        f'{{"timestamp":{{"_type_":"datetime_iso","_data_":{time}}},"request_id":{rid},'
-        f'"request_position":{position},"actor":{actor},"command":{command},"facts":'
-    )
-    suffix = f',"prev_hash":{prev_hash},"hash":{digest}}}'
-    if len(state) > len(prefix) + len(suffix) and state.startswith(prefix) and state.endswith(suffix):
-        return state[len(prefix) : len(state) - len(suffix)]
-    return None
-
-
-def decode_request(n: Any) -> RequestRecord | Unreadable:
-    try:
-        if n.topic != "spotex:Request" or n.originator_version != 1:
-            raise ValueError(f"topic {n.topic!r} version {n.originator_version} is not a request")
-        d = _decode(n.state.decode())
-        if type(d["command"]) is not dict:
-            raise ValueError("command must be an object")
-        return RequestRecord(
-            str(_uuid(n.originator_id)), n.id, _time(d["timestamp"]), d["actor"], d["command"]
-        )
-    except Exception as exc:
-        error = f"the stored request does not decode: {exc!r}"
-        return Unreadable("requests", n.id, str(n.originator_id), error)
 
 
 def iter_outcomes(logs: Logs, until: int | None = None) -> Iterator[RecordedOutcome | Unreadable]:
@@ -375,80 +302,10 @@ def _parse_at(text: str) -> int | datetime:
 
 def replay_state(logs: Logs, at: int | datetime) -> tuple[Exchange, RecordedOutcome | None]:
     """A fresh Exchange folded with the recorded facts up to a position or time."""
-    ex, last = Exchange(), None
-    until = at if isinstance(at, int) else None
-    for o in iter_outcomes(logs, until):
-        if isinstance(o, Unreadable):
-            raise StoreError(f"exchange log position {o.position}: {o.error}")
-        if isinstance(at, datetime) and datetime.fromisoformat(o.time) > at:
-            break
-        try:
-            ex.apply_all(o.facts)
-        except Exception as exc:
-            raise StoreError(
-                f"exchange log position {o.position} does not apply: {exc!r} (run spotex audit)"
-            ) from exc
-        last = o
-    return ex, last
-
-
-def render_state(ex: Exchange, user: str | None = None, market: str | None = None) -> dict[str, Any]:
-    """Balances, open orders and books as decimal strings, optionally for one user or market."""
-    names = {u.user_id: u.username for u in ex.users.values()}
-    user_id = None
-    if user is not None:
-        user_id = ex.usernames.get(user)
-        if user_id is None:
-            raise StoreError(f"no user {user!r} at that point")
-    if market is not None and market not in ex.markets:
-        raise StoreError(f"no market {market!r} at that point")
-    wanted_assets = None if market is None else {ex.markets[market].base, ex.markets[market].quote}
-    balances = []
-    for (account, asset), (available, frozen) in sorted(ex.ledger.balances.items()):
-        if (user_id is not None and account != user_id) or (wanted_assets and asset not in wanted_assets):
-            continue
-        p = ex.assets[asset].precision
-        balances.append(
-            {
-                "user": names.get(account, account),
-                "asset": asset,
-                "available": format_units(available, p),
-                "frozen": format_units(frozen, p),
-                "total": format_units(available + frozen, p),
-            }
-        )
-    orders = []
-    for o in ex.orders.values():
-        if (user_id is not None and o.user_id != user_id) or (market is not None and o.market != market):
-            continue
-        m = ex.markets[o.market]
-        orders.append(
-            {
-                "order_id": o.order_id,
-                "user": names.get(o.user_id, o.user_id),
-                "market": o.market,
-                "side": o.side,
-                "price": m.format_price(o.price or 0),
-                "quantity": m.format_quantity(o.quantity or 0),
-                "filled": m.format_quantity(o.filled),
-                "remaining": m.format_quantity(o.remaining),
-                "held": format_units(o.hold, ex.assets[o.hold_asset].precision),
-                "hold_asset": o.hold_asset,
-            }
-        )
-    books = {}
-    for symbol, book in sorted(ex.books.items()):
-        if market is not None and symbol != market:
-            continue
-        m = ex.markets[symbol]
-        books[symbol] = {
-            "status": ex.status.get(symbol),
-            **{
-                side: [[m.format_price(p), m.format_quantity(q)] for p, q in book.depth(s)]
-                for side, s in (("bids", "buy"), ("asks", "sell"))
-            },
-        }
-    return {"balances": balances, "orders": orders, "books": books}
+    try:
+        return fold(iter_outcomes(logs, at if isinstance(at, int) else None), at)
+    except ReplayError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def replay(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -457,7 +314,7 @@ def replay(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | No
         at = _parse_at(args.at)
         ex, last = replay_state(open_logs(Settings.from_env()), at)
         state = render_state(ex, args.user, args.market)
-    except StoreError as exc:
+    except (StoreError, ReplayError) as exc:
         print(f"replay: {exc}", file=err)
         return 2
     head = {

@@ -1,0 +1,97 @@
+"""Stored events → the records the audit reads, for the auditor (pure: bytes in, records out).
+
+A stored event (an ``eventsourcing`` notification: position, stream, version, topic, state
+bytes) becomes a ``RequestRecord`` or a ``StoredOutcome``, or an ``Unreadable`` saying why not:
+an event that does not decode is reported by the audit, never skipped. The JSON is decoded
+directly (the library's generic transcoder, with its object hook, costs several times more);
+the only transcoded value in these events is the timestamp, taken as the ISO string stored.
+
+An outcome laid out exactly as ``engine.log.encode_outcome`` writes it (checked against its
+decoded fields) also carries the stored bytes of its facts, which the chain check hashes
+directly (see ``engine.audit.StoredOutcome``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from engine.audit import StoredOutcome, Unreadable
+from engine.exchange import RequestRecord
+from engine.log import EXCHANGE_STREAM_ID
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, dict) or value.get("_type_") != "datetime_iso":
+        raise ValueError(f"timestamp {value!r} is not a stored datetime")
+    return str(value["_data_"])
+
+
+_decode = json.JSONDecoder().decode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def decode_outcome(n: Any) -> StoredOutcome | Unreadable:
+    try:
+        if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
+            raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
+        state = n.state.decode()
+        d = _decode(state)
+        time, rid, position, actor, command = (
+            _time(d["timestamp"]),
+            d["request_id"],
+            d["request_position"],
+            d["actor"],
+            d["command"],
+        )
+        facts, prev_hash, digest = d["facts"], d["prev_hash"], d["hash"]
+        if type(facts) is not list or not all(type(f) is dict for f in facts):
+            raise ValueError("facts must be a list of objects")
+        return StoredOutcome(
+            n.id,
+            n.originator_version,
+            time,
+            rid,
+            position,
+            actor,
+            command,
+            facts,
+            prev_hash,
+            digest,
+            _facts_slice(state, time, rid, position, actor, command, prev_hash, digest),
+        )
+    except Exception as exc:
+        return Unreadable("exchange", n.id, None, f"the stored outcome does not decode: {exc!r}")
+
+
+def _facts_slice(state: str, *fields: Any) -> str | None:
+    """The stored facts' bytes, if the state is laid out exactly as ``encode_outcome`` writes it."""
+    time, rid, position, actor, command, prev_hash, digest = map(_encode, fields)
+    prefix = (
+        f'{{"timestamp":{{"_type_":"datetime_iso","_data_":{time}}},"request_id":{rid},'
+        f'"request_position":{position},"actor":{actor},"command":{command},"facts":'
+    )
+    suffix = f',"prev_hash":{prev_hash},"hash":{digest}}}'
+    if len(state) > len(prefix) + len(suffix) and state.startswith(prefix) and state.endswith(suffix):
+        return state[len(prefix) : len(state) - len(suffix)]
+    return None
+
+
+def decode_request(n: Any) -> RequestRecord | Unreadable:
+    try:
+        if n.topic != "spotex:Request" or n.originator_version != 1:
+            raise ValueError(f"topic {n.topic!r} version {n.originator_version} is not a request")
+        d = _decode(n.state.decode())
+        if type(d["command"]) is not dict:
+            raise ValueError("command must be an object")
+        return RequestRecord(
+            str(_uuid(n.originator_id)), n.id, _time(d["timestamp"]), d["actor"], d["command"]
+        )
+    except Exception as exc:
+        error = f"the stored request does not decode: {exc!r}"
+        return Unreadable("requests", n.id, str(n.originator_id), error)
