@@ -24,10 +24,11 @@ CHANGE = ("market", "sequence", "side", "price", "quantity", "price_str", "quant
 
 class Book(Projection):
     name = "book"
+    # in the order queries read them (book(): state, then levels): the swap locks them so
     tables = {
+        "book_state": ("market",),
         "book_levels": ("market", "side", "price"),
         "book_orders": ("order_id",),
-        "book_state": ("market",),
         "book_changes": ("market", "sequence", "side", "price"),
     }
     uses_catalog = True

@@ -1,7 +1,9 @@
 """One worker at a time per projection.
 
-- PostgreSQL: a session advisory lock, on a connection of its own, keyed by the projection's
-  name. If the worker dies, the server drops the session and the lock with it.
+- PostgreSQL: a session advisory lock keyed by the projection's name, taken on one connection
+  per store (``PostgresStore.lock_session``) that all the locks of a process share, plus a
+  thread lock (advisory locks are re-entrant within a session). If the worker dies, the server
+  drops the session and the locks with it.
 - SQLite on disk: an ``flock`` on ``<data dir>/locks/<name>.lock`` (across processes: the
   embedded server and a ``spotex projections rebuild`` run beside it).
 - In memory: a ``threading.Lock`` per store and name.
@@ -18,12 +20,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from projections.store import PostgresStore, ReadStore
 
-_MEMORY_LOCKS: dict[tuple[int, str], threading.Lock] = {}
-_MEMORY_GUARD = threading.Lock()
+_LOCAL_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCAL_GUARD = threading.Lock()
+
+
+def _local(scope: str, name: str) -> threading.Lock:
+    with _LOCAL_GUARD:
+        return _LOCAL_LOCKS.setdefault((scope, name), threading.Lock())
 
 
 def advisory_key(name: str) -> int:
@@ -40,26 +46,27 @@ class ProjectionLock:
         self.store = store
         self.name = name
         self.held = False
-        self._conn: Any = None
         self._fd: int | None = None
         self._mem: threading.Lock | None = None
 
     def _try(self) -> bool:
         if isinstance(self.store, PostgresStore):
-            import psycopg
-
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.store.url, autocommit=True)
+            local = _local(self.store.url, self.name)
+            if not local.acquire(blocking=False):
+                return False
             try:
-                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(self.name),))
-                return bool(row.fetchone()[0])
-            except psycopg.OperationalError:
-                self._conn = None
+                taken = self.store.advisory(f"SELECT pg_try_advisory_lock({advisory_key(self.name)})")
+            except BaseException:
+                local.release()
                 raise
+            if not taken:
+                local.release()
+                return False
+            self._mem = local
+            return True
         path = self.store.lock_path(self.name)
         if path is None:
-            with _MEMORY_GUARD:
-                self._mem = _MEMORY_LOCKS.setdefault((id(self.store), self.name), threading.Lock())
+            self._mem = _local(f"memory:{id(self.store)}", self.name)
             return self._mem.acquire(blocking=False)
         import fcntl
 
@@ -91,10 +98,10 @@ class ProjectionLock:
         self.held = False
         if isinstance(self.store, PostgresStore):
             with contextlib.suppress(Exception):
-                self._conn.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(self.name),))
-            return
+                self.store.advisory(f"SELECT pg_advisory_unlock({advisory_key(self.name)})")
         if self._mem is not None:
             self._mem.release()
+            self._mem = None
             return
         if self._fd is not None:
             import fcntl
@@ -103,10 +110,6 @@ class ProjectionLock:
 
     def close(self) -> None:
         self.release()
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

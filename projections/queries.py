@@ -29,7 +29,7 @@ from projections.tracking import read_tracking
 
 Row = dict[str, Any]
 Page = dict[str, Any]
-CHANNELS = ("ws", "email")
+CHANNELS = ("ws", "email", "webhook", "sms", "push")
 DEFAULT_CHANNELS = ("ws",)
 MAX_LIMIT = 1000
 

@@ -55,6 +55,10 @@ class ProjectionFailed(RuntimeError):
         self.message = message
 
 
+class _Moved(Exception):
+    """The tracking row is behind the page given: the page does not continue it."""
+
+
 class _EventFailed(Exception):
     def __init__(self, index: int, todo: Sequence[Any], cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -135,7 +139,7 @@ class Follower:
         self.position = None
         self.generation = None
 
-    def _batch(self, events: Sequence[Any]) -> int:
+    def _batch(self, events: Sequence[Any], after: int | None) -> int:
         with self.store.write() as tx:
             tracked = lock_tracking(tx, self.name)
             if tracked is None:
@@ -149,6 +153,8 @@ class Follower:
                 instance.load_state(json.loads(tracked.state))
                 self.instance = instance
                 self.position, self.generation = tracked.position, tracked.generation
+            if after is not None and tracked.position < after:
+                raise _Moved  # events between the two would be skipped: re-read instead
             todo = [e for e in events if e.position > tracked.position]
             if not todo:
                 return 0
@@ -164,23 +170,28 @@ class Follower:
         self.position = todo[-1].position
         return len(todo)
 
-    def _guarded(self, events: Sequence[Any]) -> int:
+    def _guarded(self, events: Sequence[Any], after: int | None) -> int:
         try:
-            return self._batch(events)
+            return self._batch(events, after)
         except BaseException:
             self.reset()  # the instance may hold the rolled-back batch
             raise
 
-    def process(self, events: Sequence[Any]) -> int:
-        """Apply a page; raises ProjectionFailed (after recording it) at a failing event."""
+    def process(self, events: Sequence[Any], after: int | None = None) -> int:
+        """Apply a page of events read after position ``after``; raises ProjectionFailed (after
+        recording it) at a failing event. Events at or before the tracked position are skipped;
+        a page that starts beyond it (``after`` > tracked position) is refused (returns 0, and
+        the follower reloads its position) rather than leaving a gap."""
         if not events or (self.position is not None and events[-1].position <= self.position):
             return 0
         try:
-            n = self._guarded(events)
+            n = self._guarded(events, after)
             self.failed = None
             return n
+        except _Moved:
+            return 0
         except _EventFailed as failure:
-            done = self.process(failure.todo[: failure.index]) if failure.index else 0
+            done = self.process(failure.todo[: failure.index], after) if failure.index else 0
             self._fail(failure.todo[failure.index].position, failure.cause)
             return done  # not reached
         except ProjectionFailed:
@@ -190,7 +201,9 @@ class Follower:
                 self._fail(events[0].position, exc)
             done = 0
             for event in events:
-                done += self.process([event])
+                if self.position is not None and event.position <= self.position:
+                    continue
+                done += self.process([event], self.position)
             return done
 
     def _fail(self, position: int, exc: BaseException) -> None:
@@ -230,7 +243,7 @@ def catch_up(
             break
         for f in list(active):
             try:
-                applied += f.process(page)
+                applied += f.process(page, after)
             except ProjectionFailed:
                 active.remove(f)
         pages += 1

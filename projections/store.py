@@ -278,6 +278,8 @@ class PostgresStore(ReadStore):
             open=True,
             name="spotex-read",
         )
+        self._lock_guard = threading.Lock()
+        self._lock_conn: Any = None
 
     def sql(self, text: str) -> str:
         out = self._sql_cache.get(text)
@@ -302,7 +304,30 @@ class PostgresStore(ReadStore):
         with self.pool.connection() as conn:
             yield Tx(self, conn)
 
+    def advisory(self, statement: str) -> bool:
+        """Run an advisory-lock statement on this store's one lock session (shared by all the
+        projection locks of the process; reconnected if it broke — its locks died with it)."""
+        import psycopg
+
+        with self._lock_guard:
+            for attempt in (1, 2):
+                if self._lock_conn is None or self._lock_conn.closed:
+                    self._lock_conn = psycopg.connect(self.url, autocommit=True)
+                try:
+                    row = self._lock_conn.execute(statement).fetchone()
+                    return bool(row[0])
+                except psycopg.OperationalError:
+                    self._lock_conn = None
+                    if attempt == 2:
+                        raise
+        return False
+
     def close(self) -> None:
+        with self._lock_guard:
+            if self._lock_conn is not None:
+                with contextlib.suppress(Exception):
+                    self._lock_conn.close()
+                self._lock_conn = None
         self.pool.close()
 
 

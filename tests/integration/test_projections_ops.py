@@ -1,0 +1,408 @@
+"""Exactly once, failures, rebuild, verify, the in-process runner and the CLI — SQLite and PostgreSQL.
+
+Given logs produced by the real engine, the read tables must come out the same whatever happens
+on the way: batches of any size, restarts anywhere, pages fed twice, two workers racing, a batch
+that dies half-written, an event that fails and is retried later. ``verify`` must find a row
+changed by hand in any read model and name it; ``rebuild`` must give identical tables and swap
+them in without readers ever seeing a half-built model.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from domain import commands as c
+from engine.log import Logs
+from projections import queries as q
+from projections.base import Projection
+from projections.rebuild import columns, rebuild, verify
+from projections.registry import PROJECTIONS
+from projections.runner import (
+    Follower,
+    ProjectionFailed,
+    catch_up,
+    followers_for,
+    log_sources,
+    make_lookup,
+    run_in_process,
+)
+from projections.store import ReadStore
+from projections.users import Users
+from spotex import cli
+from spotex.config import Settings
+from tests.integration.conftest import ExchangeFlow
+
+Dump = dict[str, list[tuple[Any, ...]]]
+
+
+def dump(store: ReadStore) -> Dump:
+    """Every read table's rows, sorted (the bookkeeping tables excluded)."""
+    out: Dump = {}
+    with store.read() as tx:
+        for cls in PROJECTIONS.values():
+            for table in cls.tables:
+                cols = columns(tx, table)
+                rows = tx.fetchall(f"SELECT {', '.join(cols)} FROM {table}")
+                out[table] = sorted(tuple(str(v) for v in r) for r in rows)
+    return out
+
+
+def positions(store: ReadStore) -> dict[str, int]:
+    return {name: row["position"] for name, row in q.positions(store).items()}
+
+
+def project(store: ReadStore, logs: Logs, batch: int = 1000, until: int | None = None) -> None:
+    followers = followers_for(store, logs)
+    for source in log_sources(logs).values():
+        catch_up(list(followers.values()), source, batch=batch, until=until)
+    assert not [f.failed for f in followers.values() if f.failed]
+
+
+@pytest.fixture
+def flowed(
+    opened: tuple[Settings, Logs, ReadStore],
+) -> Iterator[tuple[Settings, Logs, ReadStore, ExchangeFlow]]:
+    settings, logs, store = opened
+    flow = ExchangeFlow(logs, seed=5, step=timedelta(minutes=2))
+    flow.bootstrap()
+    flow.trade(350)
+    flow.run()
+    yield settings, logs, store, flow
+
+
+def test_restarts_duplicates_races_and_torn_batches_give_identical_tables(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _settings, logs, store, flow = flowed
+    rng = random.Random(3)
+    sources = log_sources(logs)
+    head = logs.last_outcome_position()
+    lookup = make_lookup(logs)
+    # restarts: fresh followers (empty memory) at random cut points, odd batch sizes
+    cut = 0
+    while cut < head:
+        cut = min(head, cut + rng.randint(1, 90))
+        project(store, logs, batch=rng.choice((1, 7, 13, 64)), until=cut)
+    # every page again (duplicate and late messages): nothing changes
+    before = dump(store)
+    for cls in PROJECTIONS.values():
+        f = Follower(store, cls, lookup)
+        for page_start in range(0, head, 50):
+            page = sources[cls.source].read(page_start, 50, None)
+            assert f.process(page, page_start) == 0
+    assert dump(store) == before
+    # more events; two workers race on every projection, batch by batch
+    flow.trade(120)
+    flow.run()
+    a, b = followers_for(store, logs), followers_for(store, logs)
+    for source in sources.values():
+        while True:
+            progressed = 0
+            for followers in (a, b, b, a):
+                progressed += catch_up(
+                    [f for f in followers.values() if f.source == source.name], source, batch=11,
+                    max_pages=1,
+                )
+            if not progressed:
+                break
+    # a batch that dies half-written (rows flushed, then a crash before the commit)
+    flow.trade(60)
+    flow.run()
+    original = Projection.__dict__.get("state_json")
+    calls = {"n": 0}
+
+    def torn(self: Projection) -> str | None:
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise ConnectionError("the worker died mid-commit")
+        return original(self)  # type: ignore[misc]
+
+    monkeypatch.setattr(Projection, "state_json", torn)
+    followers = followers_for(store, logs)
+    for source in sources.values():
+        for _ in range(200):
+            catch_up([f for f in followers.values() if f.source == source.name], source, batch=17)
+            for f in followers.values():
+                f.failed = None
+    monkeypatch.undo()
+    project(store, logs)
+    assert set(positions(store).values()) <= {logs.last_outcome_position(), logs.last_request_position()}
+    live = dump(store)
+    rebuild(store, logs, list(PROJECTIONS.values()))
+    assert dump(store) == live
+    assert all(not diffs for diffs in verify(store, logs, list(PROJECTIONS.values())).values())
+
+
+def test_a_failing_event_stops_the_projection_there_and_is_retried_not_skipped(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _settings, logs, store, _flow = flowed
+    outcomes = list(logs.iter_outcomes())
+    bad = next(o for o in outcomes if any(f["type"] == "UserRegistered" and f["username"] == "carol"
+                                          for f in o.facts))
+    real_apply = Users.apply
+
+    def boom(self: Users, o: Any) -> None:
+        if o.position == bad.position:
+            raise RuntimeError("boom: cannot apply this one")
+        real_apply(self, o)
+
+    monkeypatch.setattr(Users, "apply", boom)
+    followers = followers_for(store, logs)
+    source = log_sources(logs)["exchange"]
+    catch_up(list(followers.values()), source, batch=500)
+    users = followers["users"]
+    assert isinstance(users.failed, ProjectionFailed)
+    assert users.failed.position == bad.position
+    before_bad = max(o.position for o in outcomes if o.position < bad.position)
+    status = q.status(store, logs)
+    assert status["users"]["position"] == before_bad  # the events before it were committed
+    assert status["users"]["error"]["position"] == bad.position
+    assert "boom: cannot apply this one" in status["users"]["error"]["message"]
+    assert q.get_user_by_name(store, "bob") is not None  # applied before the failing event
+    assert q.get_user_by_name(store, "carol") is None  # not skipped: not applied at all
+    assert q.get_user_by_name(store, "dave") is None  # and nothing after it
+    assert status["orders"]["lag"] == 0 and status["orders"]["error"] is None  # the others went on
+    assert not q.caught_up(store, logs.last_outcome_position())
+    # retried: it fails again at the same event, never past it
+    catch_up([followers["users"]], source)
+    assert q.status(store, logs)["users"]["position"] == before_bad
+    # fixed: the next catch-up applies it and clears the error
+    monkeypatch.undo()
+    catch_up([followers["users"]], source)
+    status = q.status(store, logs)
+    assert status["users"]["error"] is None and status["users"]["lag"] == 0
+    assert q.get_user_by_name(store, "carol") is not None
+    assert verify(store, logs, [Users]) == {"users": []}
+
+
+def _tamper(store: ReadStore, table: str, keys: tuple[str, ...]) -> tuple[str, str]:
+    """A non-key column and the SQL expression that changes it (text if there is one)."""
+    with store.read() as tx:
+        if tx.dialect == "postgres":
+            rows = tx.fetchall(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE "
+                "table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position", (table,))
+            typed = [(r[0], r[1] == "text") for r in rows]
+        else:
+            typed = [(r[1], r[2] == "TEXT") for r in tx.fetchall(f"PRAGMA table_info({table})")]
+    candidates = [(n, is_text) for n, is_text in typed if n not in keys]
+    for name, is_text in candidates:
+        if is_text:
+            return name, "'tampered'"
+    name = candidates[0][0]
+    return name, f"{name} + 1000"
+
+
+def test_verify_names_a_row_changed_by_hand_in_any_read_model(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow],
+) -> None:
+    _settings, logs, store, _flow = flowed
+    project(store, logs)
+    assert all(not d for d in verify(store, logs, list(PROJECTIONS.values())).values())
+    for cls in PROJECTIONS.values():
+        for table, keys in cls.tables.items():
+            column, change = _tamper(store, table, keys)
+            with store.write() as tx:
+                listed = ", ".join(keys)
+                first = tx.fetchone(f"SELECT {listed} FROM {table} ORDER BY {listed} LIMIT 1")
+                assert first is not None, f"{table} has no rows to tamper with"
+                where = " AND ".join(f"{k} = ?" for k in keys)
+                tx.execute(f"UPDATE {table} SET {column} = {change} WHERE {where}", tuple(first))
+            found = verify(store, logs, [cls])[cls.name]
+            named = ", ".join(f"{k}={v}" for k, v in zip(keys, first, strict=True))
+            assert found and found[0].startswith(f"{table}: row {named} differs: {column}: live "), found
+            with store.write() as tx:  # and a row deleted by hand
+                tx.execute(f"DELETE FROM {table} WHERE {where}", tuple(first))
+            found = verify(store, logs, [cls])[cls.name]
+            missing = f"{table}: row {named} is missing from the live table"
+            assert found and found[0].startswith(missing), found
+            rebuild(store, logs, [cls])
+            assert verify(store, logs, [cls]) == {cls.name: []}
+
+
+def test_rebuild_gives_identical_tables_and_swaps_atomically_under_load(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow],
+) -> None:
+    settings, logs, store, flow = flowed
+    project(store, logs)
+    before, tracked = dump(store), positions(store)
+    done = rebuild(store, logs, list(PROJECTIONS.values()))
+    assert done == {name: tracked[name] for name in PROJECTIONS}
+    assert dump(store) == before
+    assert positions(store) == tracked
+
+    # while the engine and the in-process runner keep going and readers keep reading
+    stop, wake = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    runner = threading.Thread(target=run_in_process, args=(settings, logs, stop, wake),
+                              kwargs={"store": store, "batch": 50})
+    runner.start()
+    seen = {"trades": 0, "reads": 0}
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                n = len(q.trades(store, "BTC-USDT", limit=1000)["data"])
+                assert n >= seen["trades"], "a reader saw the trades table shrink"
+                seen["trades"] = n
+                assert q.get_user_by_name(store, "alice") is not None
+                assert q.book(store, "BTC-USDT") is not None
+                seen["reads"] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(3):
+            flow.trade(40)
+            flow.run()
+            wake.set()
+            rebuild(store, logs, list(PROJECTIONS.values()))
+        flow.run()
+        deadline = time.monotonic() + 60
+        while not q.caught_up(store, logs.last_outcome_position()):
+            assert time.monotonic() < deadline
+            wake.set()
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(30)
+        reader.join(30)
+    assert not errors, errors
+    assert seen["reads"] > 0
+    assert all(not d for d in verify(store, logs, list(PROJECTIONS.values())).values())
+
+
+def test_run_in_process_follows_both_logs_until_stopped(
+    opened: tuple[Settings, Logs, ReadStore],
+) -> None:
+    settings, logs, store = opened
+    flow = ExchangeFlow(logs, seed=9)
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=run_in_process, args=(settings, logs, stop, wake), daemon=True)
+    thread.start()
+    try:
+        flow.bootstrap()
+        oid = flow.place("alice", "BTC-USDT", "buy", "99.5", "0.010")
+        flow.run()
+        wake.set()
+        found = q.wait_for_outcome(store, oid, timeout=30)
+        assert found is not None and found["status"] == "accepted"
+        order = q.order(store, oid)
+        assert order is not None and order["status"] == "open"
+        deadline = time.monotonic() + 30
+        while q.event_position(store, oid) is None:  # the requests log's index too
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    if settings.database_url:
+        monkeypatch.setenv("SPOTEX_DATABASE_URL", settings.database_url)
+    else:
+        monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
+        monkeypatch.setenv("SPOTEX_DATA_DIR", str(settings.data_dir))
+
+
+def test_cli_migrate_status_rebuild_verify(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, logs, store, _flow = flowed
+    _env(monkeypatch, settings)
+    assert cli.main(["migrate"]) == 0
+    assert "read tables: up to date" in capsys.readouterr().out
+    assert cli.main(["projections", "status"]) == 0
+    out = capsys.readouterr().out
+    head = logs.last_outcome_position()
+    assert f"orders          exchange           0 {head:>10,} {head:>8,}" in out
+    assert cli.main(["projections", "rebuild", "all"]) == 0
+    captured = capsys.readouterr()
+    assert f"rebuilt orders at position {head:,}" in captured.out
+    assert cli.main(["projections", "status"]) == 0
+    assert f"orders          exchange     {head:>7,} {head:>10,}        0" in capsys.readouterr().out
+    assert cli.main(["projections", "verify"]) == 0
+    assert "orders: identical to a rebuild" in capsys.readouterr().out
+    with store.write() as tx:
+        tx.execute("UPDATE trades SET taker_side = 'sideways' WHERE trade_id = 3")
+    assert cli.main(["projections", "verify", "trades"]) == 1
+    out = capsys.readouterr().out
+    assert "trades: DIFFERS from a rebuild" in out
+    assert "trades: row trade_id=3 differs: taker_side: live 'sideways'" in out
+    assert cli.main(["projections", "rebuild", "nonsense"]) == 2
+    assert "unknown projection 'nonsense'" in capsys.readouterr().err
+    assert cli.main(["projections", "rebuild", "trades"]) == 0
+    assert cli.main(["projections", "verify", "trades"]) == 0
+    capsys.readouterr()
+
+
+def test_status_shows_a_stopped_projection_and_exits_1(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, logs, store, _flow = flowed
+    monkeypatch.setattr(Users, "apply", lambda self, o: (_ for _ in ()).throw(ValueError("bad fact")))
+    project_users = Follower(store, Users, None)
+    catch_up([project_users], log_sources(logs)["exchange"])
+    assert project_users.failed is not None
+    _env(monkeypatch, settings)
+    assert cli.main(["projections", "status"]) == 1
+    out = capsys.readouterr().out
+    assert "users           exchange           0" in out
+    assert "STOPPED before position 1" in out and "ValueError: bad fact" in out
+
+
+def test_migrate_is_idempotent_and_tables_are_never_made_at_start_up(
+    opened: tuple[Settings, Logs, ReadStore],
+) -> None:
+    from projections.migrate import applied, migrate_read_store
+
+    settings, _logs, store = opened
+    assert migrate_read_store(store) == []
+    assert "0001_read_models" in applied(store)
+    # a read store that was never migrated: the runner refuses to guess
+    empty = Settings(data_dir=settings.data_dir / "empty") if settings.backend == "sqlite" else None
+    if empty is not None:
+        from projections.store import open_read_store
+
+        other = open_read_store(empty)
+        try:
+            with pytest.raises(Exception, match=r"projection_tracking|no such table"):
+                Follower(other, Users, None).current_position()
+        finally:
+            other.close()
+
+
+def test_commands_after_a_wait_read_their_writes(opened: tuple[Settings, Logs, ReadStore]) -> None:
+    """The api's wait=true path: outcome decided, then every read model caught up to it."""
+    _settings, logs, store = opened
+    flow = ExchangeFlow(logs, seed=2)
+    flow.bootstrap()
+    flow.run()
+    project(store, logs)
+    oid = flow.send("bob", c.PlaceOrder(market="BTC-USDT", side="sell", type="limit", price="120.0",
+                                        quantity="0.5"))
+    assert q.outcome_of(store, oid) is None
+    flow.run()
+    assert q.wait_for_outcome(store, oid, timeout=0.05) is None  # decided, not yet projected
+    project(store, logs)
+    found = q.wait_for_outcome(store, oid, timeout=1)
+    assert found is not None
+    order = q.order(store, oid)
+    assert order is not None and order["position"] == found["position"] and order["status"] == "open"
+    book = q.book(store, "BTC-USDT")
+    assert book is not None and book["asks"] == [["120.0", "0.500"]]
