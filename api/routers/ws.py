@@ -44,7 +44,7 @@ log = logging.getLogger("spotex.ws")
 MAX_SUBSCRIPTIONS = 100
 MAX_OP_BYTES = 4096
 OPS_PER_SECOND, OPS_BURST = 20.0, 100.0
-CLOSE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 30.0  # for the close frame to get past a slow client's full buffers
 SLOW_CONSUMER = 4008
 FIELDS = {"op", "id", "channel", "market", "interval", "token"}
 
