@@ -13,12 +13,14 @@ batches of one, the live state captured after each step). Then:
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,9 @@ def record(settings: Settings, count: int = 120) -> list[tuple[int, str, dict[st
             )
         )
     assert seq.seq == flow.appended
+    seq.close()
+    for recorder in (logs.requests, logs.exchange):  # let the store be copied
+        recorder.datastore.close()  # type: ignore[attr-defined]
     return live
 
 
@@ -214,27 +219,57 @@ class Store:
 StoreMaker = Callable[[], AbstractContextManager[Store]]
 
 
+@pytest.fixture(scope="module")
+def masters(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], tuple[Settings, list[Any]]]]:
+    """The flow recorded once per backend in this module; each test audits a copy."""
+    with ExitStack() as stack:
+        cache: dict[str, tuple[Settings, list[Any]]] = {}
+
+        def get(kind: str) -> tuple[Settings, list[Any]]:
+            if kind not in cache:
+                if kind == "sqlite":
+                    settings = Settings(data_dir=tmp_path_factory.mktemp("audit-master"))
+                else:
+                    make_db = request.getfixturevalue("make_postgres_database")
+                    settings = Settings(database_url=stack.enter_context(make_db()))
+                cache[kind] = (settings, record(settings))
+            return cache[kind]
+
+        yield get
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StoreMaker:
-    @contextmanager
-    def make() -> Iterator[Store]:
-        monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
-        if request.param == "sqlite":
-            data = tmp_path / f"data-{uuid.uuid4().hex[:8]}"
-            monkeypatch.setenv("SPOTEX_DATA_DIR", str(data))
-            yield Store("sqlite", Settings(data_dir=data), {"SPOTEX_DATA_DIR": str(data)})
-            return
-        with request.getfixturevalue("make_postgres_database")() as url:
-            monkeypatch.setenv("SPOTEX_DATABASE_URL", url)
-            yield Store("postgres", Settings(database_url=url), {"SPOTEX_DATABASE_URL": url})
-
-    return make
-
-
-@pytest.fixture
-def recorded(make_store: StoreMaker) -> Iterator[tuple[Store, list[Any]]]:
-    with make_store() as store:
-        yield store, record(store.settings)
+def recorded(
+    request: pytest.FixtureRequest,
+    masters: Callable[[str], tuple[Settings, list[Any]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Store, list[Any]]]:
+    """A copy of the recorded flow (files copied; a database made from the master as template)."""
+    master, live = masters(request.param)
+    monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
+    if request.param == "sqlite":
+        data = tmp_path / "data"
+        shutil.copytree(master.data_dir, data)
+        monkeypatch.setenv("SPOTEX_DATA_DIR", str(data))
+        yield Store("sqlite", Settings(data_dir=data), {"SPOTEX_DATA_DIR": str(data)}), live
+        return
+    assert master.database_url
+    server, template = master.database_url.rsplit("/", 1)
+    name = f"spotex_t_{os.getpid()}_{uuid.uuid4().hex[:12]}"  # the prefix conftest cleans up after
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        )
+    url = f"{server}/{name}"
+    monkeypatch.setenv("SPOTEX_DATABASE_URL", url)
+    try:
+        yield Store("postgres", Settings(database_url=url), {"SPOTEX_DATABASE_URL": url}), live
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def run_audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
