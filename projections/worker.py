@@ -111,9 +111,11 @@ class Actors:
     rebuild: Any
 
 
-def declare_actors(broker: Any, context: Callable[[], WorkerContext] | None = None) -> Actors:
-    """Bind the two actors to ``broker``. ``context`` gives the worker's shared state; a process
-    that only sends messages (the scheduler, a test) passes none."""
+def declare_actors(
+    broker: Any, context: Callable[[], WorkerContext] | None = None, queue: str = QUEUE
+) -> Actors:
+    """Bind the two actors to ``broker`` on ``queue``. ``context`` gives the worker's shared
+    state; a process that only sends messages (a scheduler, a test) passes none."""
     import dramatiq
 
     def ctx() -> WorkerContext:
@@ -129,11 +131,11 @@ def declare_actors(broker: Any, context: Callable[[], WorkerContext] | None = No
 
     return Actors(
         catch_up=dramatiq.actor(
-            spotex_catch_up, broker=broker, queue_name=QUEUE, actor_name="spotex_catch_up",
+            spotex_catch_up, broker=broker, queue_name=queue, actor_name="spotex_catch_up",
             max_retries=0, time_limit=15 * 60 * 1000,
         ),
         rebuild=dramatiq.actor(
-            spotex_rebuild, broker=broker, queue_name=QUEUE, actor_name="spotex_rebuild",
+            spotex_rebuild, broker=broker, queue_name=queue, actor_name="spotex_rebuild",
             max_retries=3, time_limit=24 * 3600 * 1000,
         ),
     )

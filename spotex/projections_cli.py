@@ -5,7 +5,8 @@
 - ``worker``: the dramatiq worker (actors "catch up" and "rebuild") plus the scheduler that
   enqueues catch-ups when a log advances. ``SPOTEX_WORKER_THREADS`` (default 4) sets its
   threads; ``SPOTEX_WORKER_SCHEDULER=0`` runs it without the scheduler (run one scheduler per
-  deployment if you like; several are harmless).
+  deployment if you like; several are harmless); ``SPOTEX_PROJECTION_QUEUE`` names its queue
+  (default ``spotex_projections``; deployments sharing a broker need different names).
 - ``projections status``: position, log head, lag and error of each projection (exit 1 if one
   is stopped at an error).
 - ``projections rebuild NAME|all``: rebuild beside the live tables from position 0 and swap in.
@@ -209,7 +210,8 @@ def worker(args: argparse.Namespace) -> int:
     threads = int(os.environ.get("SPOTEX_WORKER_THREADS") or 4)
     scheduler = os.environ.get("SPOTEX_WORKER_SCHEDULER", "1") != "0"
     context = WorkerContext(store, logs)
-    actors = declare_actors(broker, lambda: context)
+    queue = os.environ.get("SPOTEX_PROJECTION_QUEUE") or "spotex_projections"
+    actors = declare_actors(broker, lambda: context, queue)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
