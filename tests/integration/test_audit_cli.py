@@ -216,7 +216,6 @@ class Store:
             run("UPDATE {t} SET state = ? WHERE {p} = ?", json.dumps(state).encode(), position)
 
 
-StoreMaker = Callable[[], AbstractContextManager[Store]]
 
 
 @pytest.fixture(scope="module")
