@@ -82,8 +82,8 @@ def load_users_file(path: Path) -> list[BuiltinUser]:
 def builtin_users(settings: Settings) -> list[BuiltinUser]:
     """The users file's users, or the embedded defaults; checked in production."""
     if settings.users_file is None:
-        defaults = DEFAULT_USERS.items()
-        users = [BuiltinUser(name, tuple(roles), password) for name, (password, roles) in defaults]
+        embedded = DEFAULT_USERS.items()
+        users = [BuiltinUser(name, tuple(roles), password) for name, (password, roles) in embedded]
     else:
         users = load_users_file(settings.users_file)
     if settings.production:
@@ -101,7 +101,9 @@ def register_builtin_users(logs: Logs, users: list[BuiltinUser], now: datetime) 
     created = []
     for u in users:
         password_hash = u.password_hash or hash_password(u.password or "")
-        command = RegisterUser(username=u.username, password_hash=password_hash, roles=list(u.roles))
+        command = RegisterUser.model_validate(
+            {"username": u.username, "password_hash": password_hash, "roles": list(u.roles)}
+        )
         request_id = request_id_for(command, None)
         assert request_id is not None
         try:

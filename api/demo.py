@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 from api.bootstrap import BuiltinUser, register_builtin_users
 from domain.commands import (
@@ -32,6 +33,9 @@ from domain.commands import (
     user_id_for,
 )
 from engine.log import Logs, RequestConflict
+
+BUY: Literal["buy"] = "buy"
+SELL: Literal["sell"] = "sell"
 
 log = logging.getLogger("spotex.demo")
 
@@ -93,7 +97,7 @@ class MarketMaker(threading.Thread):
         commands: list[Command] = [CancelAllOrders(market=market)]
         for level in (1, 2, 3):
             size = str(lot * self.random.randint(5, 50))
-            for side, sign in (("buy", -1), ("sell", 1)):
+            for side, sign in ((BUY, -1), (SELL, 1)):
                 coid = f"mm-{market}-{self.cycle}-{side}-{level}"
                 price = str(mid + sign * step * level)
                 commands.append(PlaceOrder(market=market, side=side, type="limit", price=price,

@@ -8,7 +8,7 @@ them in a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from api.errors import ApiError
@@ -45,7 +45,7 @@ class Reads(Protocol):
     def ticker(self, market: str) -> Row | None: ...
     def notifications(self, user_id: str, after: int | None, limit: int) -> Page: ...
     def preferences(self, user_id: str) -> Row: ...
-    def set_preferences(self, user_id: str, kinds: list[str], channels: list[str]) -> Row: ...
+    def set_preferences(self, user_id: str, kinds: Sequence[str], channels: Sequence[str]) -> Row: ...
     def event_position(self, event_id: str) -> Row | None: ...
     def outcome_of(self, request_id: str) -> Row | None: ...
 
@@ -76,31 +76,31 @@ class ProjectionReads:
         return result
 
     def user_by_username(self, username: str) -> Row | None:
-        return self.q.get_user_by_name(self.store, username)  # type: ignore[no-any-return]
+        return self.q.get_user_by_name(self.store, username)
 
     def assets(self) -> list[Row]:
-        return self.q.assets(self.store)  # type: ignore[no-any-return]
+        return self.q.assets(self.store)
 
     def asset(self, symbol: str) -> Row | None:
-        return self.q.asset(self.store, symbol)  # type: ignore[no-any-return]
+        return self.q.asset(self.store, symbol)
 
     def markets(self) -> list[Row]:
-        return self.q.markets(self.store)  # type: ignore[no-any-return]
+        return self.q.markets(self.store)
 
     def market(self, symbol: str) -> Row | None:
-        return self.q.market(self.store, symbol)  # type: ignore[no-any-return]
+        return self.q.market(self.store, symbol)
 
     def balances(self, user_id: str) -> Row:
-        return self.q.balances(self.store, user_id)  # type: ignore[no-any-return]
+        return self.q.balances(self.store, user_id)
 
     def ledger(self, user_id: str, cursor: str | None, limit: int) -> Page:
         return self._paged(self.q.ledger, user_id, limit=limit, cursor=cursor)
 
     def withdrawal(self, withdrawal_id: str) -> Row | None:
-        return self.q.withdrawal(self.store, withdrawal_id)  # type: ignore[no-any-return]
+        return self.q.withdrawal(self.store, withdrawal_id)
 
     def order(self, order_id: str) -> Row | None:
-        return self.q.order(self.store, order_id)  # type: ignore[no-any-return]
+        return self.q.order(self.store, order_id)
 
     def orders(self, user_id: str, market: str | None, status: str, cursor: str | None, limit: int
                ) -> Page:
@@ -112,7 +112,7 @@ class ProjectionReads:
                            cursor=cursor)
 
     def book(self, market: str, depth: int) -> Row | None:
-        return self.q.book(self.store, market, depth=depth)  # type: ignore[no-any-return]
+        return self.q.book(self.store, market, depth=depth)
 
     def trades(self, market: str, cursor: str | None, limit: int) -> Page:
         return self._paged(self.q.trades, market, limit=limit, cursor=cursor)
@@ -120,29 +120,29 @@ class ProjectionReads:
     def candles(self, market: str, interval: str, start: str | None, end: str | None, limit: int
                 ) -> list[Row]:
         try:
-            return self.q.candles(  # type: ignore[no-any-return]
+            return self.q.candles(
                 self.store, market, interval, start=start, end=end, limit=limit
             )
         except ValueError as exc:
             raise ApiError(422, "invalid_value", str(exc)) from None
 
     def ticker(self, market: str) -> Row | None:
-        return self.q.ticker(self.store, market)  # type: ignore[no-any-return]
+        return self.q.ticker(self.store, market)
 
     def notifications(self, user_id: str, after: int | None, limit: int) -> Page:
-        return self.q.notifications(self.store, user_id, after=after, limit=limit)  # type: ignore[no-any-return]
+        return self.q.notifications(self.store, user_id, after=after, limit=limit)
 
     def preferences(self, user_id: str) -> Row:
-        return self.q.preferences(self.store, user_id)  # type: ignore[no-any-return]
+        return self.q.preferences(self.store, user_id)
 
-    def set_preferences(self, user_id: str, kinds: list[str], channels: list[str]) -> Row:
+    def set_preferences(self, user_id: str, kinds: Sequence[str], channels: Sequence[str]) -> Row:
         try:
-            return self.q.set_preferences(self.store, user_id, kinds, channels)  # type: ignore[no-any-return]
+            return self.q.set_preferences(self.store, user_id, kinds, channels)
         except ValueError as exc:
             raise ApiError(422, "invalid_value", str(exc)) from None
 
     def event_position(self, event_id: str) -> Row | None:
-        return self.q.event_position(self.store, event_id)  # type: ignore[no-any-return]
+        return self.q.event_position(self.store, event_id)
 
     def outcome_of(self, request_id: str) -> Row | None:
-        return self.q.outcome_of(self.store, request_id)  # type: ignore[no-any-return]
+        return self.q.outcome_of(self.store, request_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Path
@@ -18,7 +18,9 @@ from domain.commands import Command, DelistMarket, HaltMarket, ListMarket, Resum
 router = APIRouter(prefix="/v1/markets", tags=["markets"], responses=ERROR_RESPONSES)
 
 SymbolPath = Annotated[MarketSymbol, Path(description="market symbol, e.g. BTC-USDT")]
-WITH_WAIT = {200: {"model": MarketPublic, "description": "with wait: the market"}}
+WITH_WAIT: dict[int | str, dict[str, Any]] = {
+    200: {"model": MarketPublic, "description": "with wait: the market"}
+}
 
 
 async def _market_after(services: Services, sub: bus.Submitted, symbol: str) -> JSONResponse:

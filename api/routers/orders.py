@@ -37,7 +37,9 @@ from engine.log import Request
 router = APIRouter(prefix="/v1/orders", tags=["orders"], responses=ERROR_RESPONSES)
 
 OrderId = Annotated[uuid.UUID, Path()]
-WITH_WAIT = {200: {"model": OrderPublic, "description": "with wait: the order after the engine's outcome"}}
+WITH_WAIT: dict[int | str, dict[str, Any]] = {
+    200: {"model": OrderPublic, "description": "with wait: the order after the engine's outcome"}
+}
 
 
 def received(order_id: str, request: Request, market: dict[str, Any] | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Path
@@ -20,7 +20,9 @@ from domain.commands import CompleteWithdrawal, FailWithdrawal, RequestWithdrawa
 router = APIRouter(prefix="/v1/withdrawals", tags=["funds"], responses=ERROR_RESPONSES)
 
 WithdrawalId = Annotated[uuid.UUID, Path()]
-WITH_WAIT = {200: {"model": WithdrawalPublic, "description": "with wait: the withdrawal"}}
+WITH_WAIT: dict[int | str, dict[str, Any]] = {
+    200: {"model": WithdrawalPublic, "description": "with wait: the withdrawal"}
+}
 
 
 def _public(row: dict[str, object]) -> dict[str, object]:
