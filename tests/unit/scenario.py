@@ -10,8 +10,9 @@ three traders. Requests are written with small builders (``alice.buy("100", "0.5
 
 Orders are named by their client order id; names are unique within a scenario and facts are
 reported with names instead of uuids. After every request the harness checks
-``check_invariants() == []`` and that a second ``Exchange`` folding the recorded facts (through a
-JSON round trip, as they come back from the store) has the same ``state_hash()``.
+``check_invariants() == []``, that a second ``Exchange`` folding the recorded facts (through a
+JSON round trip, as they come back from the store) has the same ``state_hash()``, and that an
+``Exchange`` restored from a JSON snapshot taken just before the request decides the same facts.
 
 Market fixtures (chosen so amounts are easy to compute by hand):
 
@@ -227,6 +228,7 @@ class Scenario:
         self.ids: dict[str, str] = {}  # order / withdrawal name → id
         self.names: dict[str, str] = {}
         self._refs = 0
+        self.booted = False  # the bootstrap is the same in every test: no snapshot checks there
         self.operator = Actor(self, None)  # the server's own bootstrap: requests with no actor
         self.admin = self.actor("admin")
         self.given(
@@ -241,6 +243,7 @@ class Scenario:
             *(self.operator.register(name) for name in ("alice", "bob", "carol")),
         )
         self.alice, self.bob, self.carol = (self.actor(n) for n in ("alice", "bob", "carol"))
+        self.booted = True
 
     def actor(self, username: str | None) -> Actor:
         return Actor(self, username)
@@ -275,7 +278,10 @@ class Scenario:
         request_id = str(rid)
         time = (T0 + timedelta(seconds=self.position)).isoformat()
         record = RequestRecord(request_id, self.position, time, actor_id, req.command.to_log())
+        restored = Exchange.from_state(json.loads(canonical(self.ex.to_state()))) if self.booted else None
         facts = self.ex.execute(record)
+        if restored is not None:
+            assert restored.execute(record) == facts, f"an exchange restored from a snapshot differs on {req}"
         for fact in facts:
             if fact["type"] == "UserRegistered":
                 self.user_ids[fact["username"]] = fact["user_id"]
