@@ -130,7 +130,10 @@ def list_orders(
     user: CurrentUser,
     services: ServicesDep,
     market: Annotated[MarketSymbol | None, Query()] = None,
-    status: Annotated[Literal["open", "closed", "all"], Query()] = "all",
+    status: Annotated[
+        Literal["open", "closed", "all", "rejected", "partially_filled", "filled", "cancelled", "expired"],
+        Query(description="open (open and partially filled), closed, all, or one exact status"),
+    ] = "all",
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> JSONResponse:

@@ -213,6 +213,8 @@ def test_amend_with_and_without_loss_of_priority_cancel_and_cancel_all(
     assert ok(s1.get("/v1/orders", params={"status": "open"}))["data"] == []
     assert dec(s1.balances(), base, "frozen") == 0
     assert len(ok(s1.get("/v1/orders", params={"status": "all"}))["data"]) == 3
+    by_status = ok(s1.get("/v1/orders", params={"status": "cancelled", "market": market}))["data"]
+    assert {o["order_id"] for o in by_status} == {b1["order_id"], c1["order_id"]}
 
 
 def test_without_wait_an_order_is_received_then_decided(anon: Api, admin: Api, market: str) -> None:
