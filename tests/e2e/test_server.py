@@ -23,11 +23,12 @@ def _burst(api: Api, n: int) -> list[httpx.Response]:
 
 
 def test_rate_limits_per_user_answer_429_with_retry_after(tmp_path: Path) -> None:
-    server = start_server(tmp_path, {"SPOTEX_RATE_LIMITS": "user=5/s,ip=1000/s"})
+    # per minute, so that a slow machine does not refill the bucket during the burst
+    server = start_server(tmp_path, {"SPOTEX_RATE_LIMITS": "user=5/m,ip=1000/s"})
     try:
         alice = Api(server.url).login("alice", "alice")
         statuses = [r.status_code for r in _burst(alice, 12)]
-        assert statuses.count(200) >= 5 and 429 in statuses
+        assert 5 <= statuses.count(200) <= 6 and 429 in statuses
         r = next(r for r in _burst(alice, 3) if r.status_code == 429)
         assert error_code(r, 429) == "rate_limited" and int(r.headers["retry-after"]) >= 1
         # another user has a budget of their own
@@ -38,11 +39,12 @@ def test_rate_limits_per_user_answer_429_with_retry_after(tmp_path: Path) -> Non
 
 @pytest.mark.redis
 def test_rate_limits_per_ip_on_redis(tmp_path: Path, redis_url: str) -> None:
-    server = start_server(tmp_path, {"SPOTEX_RATE_LIMITS": "ip=8/s", "SPOTEX_REDIS_URL": redis_url})
+    server = start_server(tmp_path, {"SPOTEX_RATE_LIMITS": "ip=8/m", "SPOTEX_REDIS_URL": redis_url})
     try:
         anon = Api(server.url)
         statuses = [anon.get("/v1/markets").status_code for _ in range(20)]
-        assert statuses.count(429) >= 1 and statuses[0] == 200
+        # the bucket lives in Redis (a run in the last minute may have used part of it)
+        assert statuses.count(429) >= 12 and statuses.count(200) <= 8
         assert anon.get("/healthz").status_code == 200  # operations are never limited
     finally:
         assert stop_server(server) == 0

@@ -228,7 +228,7 @@ def test_without_wait_an_order_is_received_then_decided(anon: Api, admin: Api, m
     cancel = ok(trader.delete(f"/v1/orders/{receipt['order_id']}"), 202)
     assert cancel["position"] > receipt["position"]
     status = None
-    for _ in range(200):
+    for _ in range(600):
         status = ok(trader.get(f"/v1/orders/{receipt['order_id']}"))["status"]
         if status == "cancelled":
             break
