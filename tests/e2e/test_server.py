@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -116,3 +117,30 @@ def test_readiness_and_metrics(tmp_path: Path) -> None:
         assert error_code(unknown, 404) == "not_found"
     finally:
         assert stop_server(server) == 0
+
+
+def test_not_ready_answers_503_when_a_store_fails_or_a_read_model_stopped() -> None:
+    """Readiness in process (a broken store is hard to stage in a live server): the same app."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.services import Services
+
+    class Reads:
+        def __init__(self, status: Any) -> None:
+            self._status = status
+
+        def status(self) -> Any:
+            if isinstance(self._status, Exception):
+                raise self._status
+            return self._status
+
+    logs = build_logs(Settings(database_url="memory://"))
+    stopped = {"orders": {"position": 3, "lag": 2, "error": {"position": 4, "message": "boom"}}}
+    for reads, problem in ((Reads(OSError("gone")), "the read store cannot be read"),
+                           (Reads(stopped), "read model orders stopped on an error")):
+        app = create_app(Services(settings=Settings(database_url="memory://"), logs=logs, reads=reads))
+        with TestClient(app) as client:
+            r = client.get("/readyz")
+            assert r.status_code == 503 and problem in r.json()["problems"]
+            assert client.get("/healthz").status_code == 200
