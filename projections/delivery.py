@@ -15,8 +15,9 @@ expired; deposit credited; withdrawal completed or failed). Delivery turns them 
 
 Preferences are applied at dispatch time (what the user wanted when the notification happened):
 a kind goes to a channel when both are in the user's preferences (``queries.preferences``). The
-webhook channel also needs an endpoint (``set_webhook``); while ``queries.CHANNELS`` does not
-list ``webhook`` (preferences cannot name it yet), registering an endpoint is the opt-in.
+webhook channel also needs an endpoint: ``set_webhook`` registers it and switches ``webhook`` on
+in the preferences, ``delete_webhook`` switches it off (the preferences stay the one place that
+says which channels a user wants).
 """
 
 from __future__ import annotations
@@ -80,14 +81,15 @@ def wants(prefs: Mapping[str, Any], kind: str, channel: str) -> bool:
 
 
 def channels_for(prefs: Mapping[str, Any], kind: str, has_webhook: bool) -> list[str]:
-    """The queued channels a notification goes to."""
-    if kind not in prefs["kinds"]:
-        return []
-    out = []
-    if has_webhook and ("webhook" in prefs["channels"] or "webhook" not in q.CHANNELS):
-        out.append("webhook")
-    out.extend(c for c in SENT_CHANNELS[1:] if c in prefs["channels"])
-    return out
+    """The queued channels a notification goes to (webhook only with an endpoint to POST to)."""
+    return [c for c in SENT_CHANNELS if wants(prefs, kind, c) and (c != "webhook" or has_webhook)]
+
+
+def _switch_webhook(store: ReadStore, user_id: str, on: bool) -> None:
+    prefs = q.preferences(store, user_id)
+    channels = [c for c in prefs["channels"] if c != "webhook"] + (["webhook"] if on else [])
+    if set(channels) != set(prefs["channels"]):
+        q.set_preferences(store, user_id, prefs["kinds"], channels)
 
 
 # -- webhook endpoints ----------------------------------------------------------------------
@@ -103,7 +105,8 @@ class Endpoint:
 
 
 def set_webhook(store: ReadStore, user_id: str, url: str, secret: str | None = None) -> Endpoint:
-    """Create or replace the user's endpoint; a new secret unless one is given."""
+    """Create or replace the user's endpoint (a new secret unless one is given) and switch the
+    webhook channel on in the user's preferences."""
     secret = secret or "whsec_" + secrets.token_urlsafe(32)
     at = now_iso()
     with store.write() as tx:
@@ -113,6 +116,7 @@ def set_webhook(store: ReadStore, user_id: str, url: str, secret: str | None = N
             "secret = excluded.secret, updated_at = excluded.updated_at",
             (user_id, url, secret, at, at),
         )
+    _switch_webhook(store, user_id, True)
     found = get_webhook(store, user_id)
     assert found is not None
     return found
@@ -126,9 +130,11 @@ def get_webhook(store: ReadStore, user_id: str) -> Endpoint | None:
 
 
 def delete_webhook(store: ReadStore, user_id: str) -> bool:
+    """Remove the endpoint and switch the webhook channel off; False if there was none."""
     with store.write() as tx:
         found = tx.fetchone("SELECT 1 FROM webhook_endpoints WHERE user_id = ?", (user_id,))
         tx.execute("DELETE FROM webhook_endpoints WHERE user_id = ?", (user_id,))
+    _switch_webhook(store, user_id, False)
     return found is not None
 
 

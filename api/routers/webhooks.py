@@ -1,8 +1,9 @@
 """The caller's webhook endpoint: where notifications are POSTed, and the key that signs them.
 
 ``PUT /v1/preferences/webhook`` sets the URL (a new signing secret the first time, or with
-``rotate_secret``); ``GET`` shows it; ``DELETE`` removes it (pending deliveries then fail).
-Which kinds are sent follows ``/v1/preferences`` (``projections.delivery``).
+``rotate_secret``) and switches the ``webhook`` channel on in ``/v1/preferences``; ``GET`` shows
+it; ``DELETE`` removes it and switches the channel off (pending deliveries then fail). Which
+kinds are sent follows ``/v1/preferences`` (``projections.delivery``).
 """
 
 from __future__ import annotations
