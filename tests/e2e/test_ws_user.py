@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 import uuid
 from collections import defaultdict
 from decimal import Decimal
@@ -21,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from projections.delivery import NAMESPACE
 from tests.e2e.conftest import Api, Server, fund, ok
 from tests.e2e.ws_client import WsClient, is_type
+from tests.integration.webhook_receiver import Receiver
 
 TERMINAL = {"filled", "cancelled", "expired", "rejected"}
 RANK = {"open": 0, "partially_filled": 1, "filled": 2, "cancelled": 2, "expired": 2, "rejected": 2}
@@ -234,6 +237,48 @@ def test_an_order_placed_before_subscribing_has_exact_fill_totals(
             check_history(a, resting["order_id"], history, since=snap["position"])
 
     asyncio.run(scenario())
+
+
+def test_notifications_follow_preferences_on_the_stream_and_the_webhook(
+        server: Server, admin: Api, pair: tuple[tuple[Api, str], tuple[Api, str]]) -> None:
+    """Kinds chosen in /v1/preferences reach the user channel and the webhook; others do not."""
+    (a, a_name), (b, b_name) = pair
+    ok(a.put("/v1/preferences", {"kinds": ["order_filled", "deposit_credited"], "channels": ["ws"]}))
+    receiver = Receiver(fail_first=1).start()
+    try:
+        hook = ok(a.put("/v1/preferences/webhook", {"url": receiver.url}))
+        receiver.secret = hook["secret"]
+        assert ok(a.get("/v1/preferences"))["channels"] == ["ws", "webhook"]
+        assert ok(a.get("/v1/preferences/webhook"))["url"] == receiver.url
+
+        async def scenario() -> list[dict[str, Any]]:
+            async with WsClient(server.url) as wa:
+                await subscribe_user(wa, a.token or "")
+
+                def act() -> None:
+                    fund(admin, a_name, "BTC", "1")
+                    fund(admin, b_name, "USDT", "10000")
+                    place(a, side="sell", price="400.00", quantity="0.1000")
+                    place(b, side="buy", price="400.00", quantity="0.1000")
+                    o = place(a, side="sell", price="500.00", quantity="0.1000")
+                    ok(a.delete(f"/v1/orders/{o['order_id']}?wait=true"))
+
+                await asyncio.to_thread(act)
+                return by_kind(await settle(wa, a), "notification")
+
+        notes = asyncio.run(scenario())
+        assert [n["kind"] for n in notes] == ["deposit_credited", "order_filled"]
+        receiver.wait_for({str(uuid.uuid5(NAMESPACE, f"{n['notification_id']}:webhook")) for n in notes}, 30)
+        time.sleep(0.5)
+        assert sorted(receiver.successes().values()) == [1, 1] and all(r.signed for r in receiver.requests)
+        got = sorted(receiver.accepted.values(), key=lambda body: body["notification_id"])
+        assert [(g["notification_id"], g["kind"], g["data"]) for g in got] == [
+            (n["notification_id"], n["kind"], n["data"]) for n in notes]
+        assert a.delete("/v1/preferences/webhook").status_code == 204
+        assert a.get("/v1/preferences/webhook").status_code == 404
+        assert ok(a.get("/v1/preferences"))["channels"] == ["ws"]
+    finally:
+        receiver.stop()
 
 
 def test_the_user_channel_needs_a_valid_token(server: Server) -> None:
