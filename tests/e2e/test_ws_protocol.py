@@ -8,7 +8,12 @@ per-connection queue bounds, which only the slow-client test comes near.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from spotex.config import DEFAULT_JWT_SECRET
-from tests.e2e.conftest import Api, Server, fund, ok, start_server, stop_server
+from tests.e2e.conftest import ROOT, Api, Server, fund, ok, start_server, stop_server
 from tests.e2e.ws_client import WsClient, is_type
 
 
@@ -173,3 +178,43 @@ def test_a_slow_client_is_dropped_with_a_reason_and_others_keep_streaming(
             await healthy.expect(is_type("pong"))
 
     run(scenario())
+
+
+# --- docs/websocket.md: every code block runs ---------------------------------------------------
+
+DOC = ROOT / "docs" / "websocket.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+
+
+def test_the_json_blocks_of_the_websocket_doc_are_json() -> None:
+    found = blocks("json")
+    assert len(found) >= 4
+    for block in found:
+        json.loads(block)
+
+
+def test_the_signature_check_of_the_websocket_doc_runs() -> None:
+    (snippet,) = [b for b in blocks("python") if "def verify" in b]
+    exec(compile(snippet, str(DOC), "exec"), {})
+
+
+def test_the_example_client_of_the_websocket_doc_runs(server: Server, admin: Api, market: str) -> None:
+    (client,) = [b for b in blocks("python") if "asyncio.run(main())" in b]
+    fund(admin, "alice", "USDT", "1000")
+    alice = Api(server.url).login("alice", "alice")
+    env = {**os.environ, "SPOTEX_URL": server.url, "SPOTEX_MARKET": market, "SPOTEX_SECONDS": "8"}
+    proc = subprocess.Popen([sys.executable, "-c", client], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)  # connected and subscribed by now
+    placed = ok(alice.post("/v1/orders?wait=true", {"market": market, "side": "buy", "type": "limit",
+                                                    "price": "2.00", "quantity": "1.0000"}))
+    ok(alice.delete(f"/v1/orders/{placed['order_id']}?wait=true"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert f"book {market} snapshot #" in out, out
+    assert "book #" in out, out
+    assert f"order {placed['order_id'][:8]} open filled 0.0000" in out, out
+    assert f"order {placed['order_id'][:8]} cancelled filled 0.0000" in out, out
