@@ -109,7 +109,8 @@ def run_engine(args: argparse.Namespace) -> int:
     except IntegrityError as exc:
         log.critical(
             "engine: another engine committed to the exchange log first (%s); this one recovered "
-            "and stops without writing. Run exactly one engine.",
+            "and stops without writing. Run exactly one engine. (Rarely, the same error follows a "
+            "commit whose answer was lost with the connection; a restart then simply continues.)",
             exc,
         )
         return EXIT_FENCED
