@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup
+from projections.base import Keyed, Projection, RequestLookup, Row, words
 from projections.store import Tx
 
 COLUMNS = (
@@ -21,12 +21,14 @@ COLUMNS = (
 
 class Balances(Projection):
     name = "balances"
+    interest = words("postings")
     tables = {"balances": ("account", "asset")}
     uses_catalog = True
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
-        self.rows = Keyed(self.t["balances"], ("account", "asset"), COLUMNS, ("available", "frozen"))
+        self.rows = Keyed(self.t["balances"], ("account", "asset"), COLUMNS, ("available", "frozen"),
+                          render=self.render)
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
         for o in events:
@@ -36,33 +38,25 @@ class Balances(Projection):
         self.rows.load(tx)
 
     def apply(self, o: RecordedOutcome) -> None:
-        touched: dict[tuple[str, str], list[int]] = {}
+        rows = self.rows
         for f in o.facts:
             self.listing(f)
             for account, asset, d_available, d_frozen in f.get("postings", ()):
                 key = (account, asset)
-                cur = touched.get(key)
-                if cur is None:
-                    row = self.rows.get(key)
-                    cur = [row["available"], row["frozen"]] if row else [0, 0]
-                    touched[key] = cur
-                cur[0] += d_available
-                cur[1] += d_frozen
+                row = rows.get(key)
+                if row is None:
+                    row = {"account": account, "asset": asset, "available": 0, "frozen": 0}
+                row["available"] += d_available
+                row["frozen"] += d_frozen
+                row["updated_at"], row["position"] = o.time, o.position
+                rows.put(row, key)
+
+    def render(self, row: Row) -> None:
         units = self.catalog.units
-        for (account, asset), (available, frozen) in touched.items():
-            self.rows.put(
-                {
-                    "account": account,
-                    "asset": asset,
-                    "available": available,
-                    "frozen": frozen,
-                    "available_str": units(asset, available),
-                    "frozen_str": units(asset, frozen),
-                    "total_str": units(asset, available + frozen),
-                    "updated_at": o.time,
-                    "position": o.position,
-                }
-            )
+        asset = row["asset"]
+        row["available_str"] = units(asset, row["available"])
+        row["frozen_str"] = units(asset, row["frozen"])
+        row["total_str"] = units(asset, row["available"] + row["frozen"])
 
     def flush(self, tx: Tx) -> None:
         self.rows.flush(tx)

@@ -17,13 +17,13 @@ Rules that keep a rebuild identical to the live tables:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from domain.amounts import format_units
 from domain.markets import Asset, Market
 from projections.store import Tx, big
 
@@ -32,6 +32,15 @@ Key = tuple[Any, ...]
 RequestLookup = Callable[[str], dict[str, Any] | None]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LISTINGS = frozenset(("AssetListed", "MarketListed"))
+
+
+def words(*names: str, listings: bool = True) -> frozenset[bytes]:
+    """A projection's ``interest``: fact types (or ``postings``, or a command name), plus the
+    listings (which every projection that renders amounts needs) unless told otherwise."""
+    return frozenset(n.encode() for n in (*names, *(LISTINGS if listings else ())))
+
+
 SECOND = timedelta(seconds=1)
 
 
@@ -48,17 +57,38 @@ def iso_of(seconds: int) -> str:
 
 
 def outcome_event_id(request_id: str) -> str:
-    """The event id of the outcome that answers a request: ``uuid5(request id, "outcome")``."""
-    return str(uuid.uuid5(uuid.UUID(request_id), "outcome"))
+    """The event id of the outcome that answers a request: ``uuid5(request id, "outcome")``.
+
+    Computed as ``uuid.uuid5`` does (SHA-1 of the namespace's bytes and the name, version 5,
+    RFC 4122 variant), without building UUID objects: it runs for every outcome.
+    """
+    digest = bytearray(hashlib.sha1(bytes.fromhex(request_id.replace("-", "")) + b"outcome").digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_SNAKE: dict[str, str] = {}
 
 
 def snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """``OrderAccepted`` → ``order_accepted`` (cached: a handful of fact types)."""
+    out = _SNAKE.get(name)
+    if out is None:
+        out = _SNAKE[name] = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return out
+
+
+def units_str(units: int, precision: int) -> str:
+    """Same as ``domain.amounts.format_units`` (checked by a test), on the hot path."""
+    if precision == 0:
+        return str(units)
+    if units < 0:
+        digits = str(-units).rjust(precision + 1, "0")
+        return f"-{digits[:-precision]}.{digits[-precision:]}"
+    digits = str(units).rjust(precision + 1, "0")
+    return f"{digits[:-precision]}.{digits[-precision:]}"
 
 
 class Catalog:
@@ -113,7 +143,7 @@ class Catalog:
         return False
 
     def units(self, asset: str, units: int) -> str:
-        return format_units(units, self.assets[asset])
+        return units_str(units, self.assets[asset])
 
 
 class Keyed:
@@ -158,7 +188,10 @@ class Keyed:
         return row
 
     def _key_of(self, row: Row) -> Key:
-        return tuple(row[k] for k in self.key)
+        key = self.key
+        if len(key) == 1:
+            return (row[key[0]],)
+        return tuple(row[k] for k in key)
 
     def want(self, key: Key) -> None:
         if key not in self.cache:
@@ -196,8 +229,10 @@ class Keyed:
         self.cache[key] = row
         return row
 
-    def put(self, row: Row) -> None:
-        key = self._key_of(row)
+    def put(self, row: Row, key: Key | None = None) -> None:
+        """Store a row (``key``: its key, if the caller has it at hand)."""
+        if key is None:
+            key = self._key_of(row)
         self.cache[key] = row
         self.dirty[key] = row
 
@@ -257,6 +292,9 @@ class Projection:
     # table → primary key columns (verify names differing rows by them)
     tables: ClassVar[dict[str, tuple[str, ...]]]
     uses_catalog: ClassVar[bool] = False
+    # The fact types it reads, as they appear in the stored JSON; outcomes that name none of
+    # them are skipped without being decoded (their position is still tracked). None: all.
+    interest: ClassVar[frozenset[bytes] | None] = None
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         self.t = {logical: names.get(logical, logical) for logical in self.tables}
@@ -281,7 +319,7 @@ class Projection:
         return json.dumps(self.dump_state(), sort_keys=True, separators=(",", ":"))
 
     def listing(self, fact: Mapping[str, Any]) -> None:
-        if self.uses_catalog and self.catalog.apply(fact):
+        if fact["type"] in LISTINGS and self.uses_catalog and self.catalog.apply(fact):
             self.state_changed = True
 
     # -- the fold -------------------------------------------------------------------------

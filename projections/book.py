@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Keyed, Projection, RequestLookup, Row
+from projections.base import Appends, Keyed, Projection, RequestLookup, Row, words
 from projections.store import Tx, bigs
 
 LEVEL = ("market", "side", "price", "quantity", "price_str", "quantity_str")
@@ -24,6 +24,7 @@ CHANGE = ("market", "sequence", "side", "price", "quantity", "price_str", "quant
 
 class Book(Projection):
     name = "book"
+    interest = words("OrderBooked", "TradeExecuted", "OrderAmended", "OrderClosed")
     # in the order queries read them (book(): state, then levels): the swap locks them so
     tables = {
         "book_state": ("market",),

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from domain.amounts import format_units
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds
+from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds, words
 from projections.store import Tx
 
 PERIODS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
@@ -25,6 +25,7 @@ BIG = ("open", "high", "low", "close", "volume", "quote_volume")
 
 class Candles(Projection):
     name = "candles"
+    interest = words("TradeExecuted")
     tables = {"candles": ("market", "period", "open_time")}
     uses_catalog = True
 

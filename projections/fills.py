@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup
+from projections.base import Appends, Projection, RequestLookup, words
 from projections.store import Tx, bigs
 
 COLUMNS = (
@@ -21,6 +21,7 @@ COLUMNS = (
 
 class Fills(Projection):
     name = "fills"
+    interest = words("TradeExecuted")
     tables = {"fills": ("trade_id", "liquidity")}
     uses_catalog = True
 

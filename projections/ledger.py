@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup, outcome_event_id, snake
+from projections.base import Appends, Projection, RequestLookup, outcome_event_id, snake, words
 from projections.store import Tx, bigs
 
 COLUMNS = (
@@ -21,6 +21,7 @@ REF_FIELDS = ("order_id", "trade_id", "deposit_id", "withdrawal_id", "transfer_i
 
 class Ledger(Projection):
     name = "ledger"
+    interest = words("postings")
     tables = {"ledger": ("position", "fact_index", "account", "asset")}
     uses_catalog = True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Keyed, Projection, RequestLookup
+from projections.base import Appends, Keyed, Projection, RequestLookup, words
 from projections.store import Tx
 
 MARKET_COLUMNS = (
@@ -20,6 +20,7 @@ MARKET_COLUMNS = (
 
 class Markets(Projection):
     name = "markets"
+    interest = words("AssetListed", "MarketListed", "MarketStatusChanged", listings=False)
     tables = {"assets": ("symbol",), "markets": ("symbol",)}
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup
+from projections.base import Appends, Projection, RequestLookup, words
 from projections.store import Tx
 
 KINDS = (
@@ -26,6 +26,7 @@ CLOSED = {"filled": "order_filled", "cancelled": "order_cancelled", "expired": "
 
 class Notifications(Projection):
     name = "notifications"
+    interest = words("OrderClosed", "OrderRejected", "Deposited", "WithdrawalCompleted", "WithdrawalFailed")
     tables = {"notifications": ("notification_id",)}
     uses_catalog = True
 

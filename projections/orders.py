@@ -18,7 +18,7 @@ from typing import Any
 
 from domain.amounts import format_units
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup, Row
+from projections.base import Keyed, Projection, RequestLookup, Row, words
 from projections.store import Tx
 
 COLUMNS = (
@@ -49,6 +49,9 @@ def average_price(filled_quote: int, filled_lots: int, lot_size: str, quote_prec
 
 class Orders(Projection):
     name = "orders"
+    interest = words(
+        "OrderAccepted", "OrderRejected", "TradeExecuted", "OrderBooked", "OrderAmended", "OrderClosed"
+    )
     tables = {"orders": ("order_id",)}
     uses_catalog = True
 

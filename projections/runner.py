@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from engine.log import Logs
+from engine.log import Logs, RecordedOutcome
 from projections.base import Projection, RequestLookup
 from projections.locks import ProjectionLock
 from projections.registry import PROJECTIONS
-from projections.store import ReadStore, open_read_store
+from projections.store import ReadStore, Tx, open_read_store
 from projections.tracking import lock_tracking, record_error, save_tracking
 from spotex.config import Settings
 
@@ -76,15 +77,77 @@ class Source:
     head: Callable[[], int]
 
 
+class LazyOutcome:
+    """An outcome read from the exchange log, decoded on first use (``decoded()``).
+
+    A projection that cares about a few fact types (``Projection.interest``) skips the outcomes
+    that name none of them (found in the stored JSON by one regular expression per outcome,
+    shared by all projections), without decoding them; its tracking position still moves past
+    them.
+    """
+
+    __slots__ = ("_decoded", "_logs", "_n", "_names", "position")
+
+    def __init__(self, logs: Logs, notification: Any) -> None:
+        self.position: int = notification.id
+        self._n = notification
+        self._logs = logs
+        self._decoded: RecordedOutcome | None = None
+        self._names: frozenset[bytes] | None = None
+
+    def names(self) -> frozenset[bytes] | None:
+        """The fact types and command it names (and ``postings`` if any), read from the stored
+        JSON without decoding it; None if the state is not plain JSON (then: decode)."""
+        if self._names is None:
+            state = self._n.state
+            if not state.startswith(b"{"):
+                return None
+            types = _TYPES.findall(state)
+            if len(types) != state.count(b'"type"'):  # one the expression missed: decode
+                return None
+            found = {*types, *_COMMAND.findall(state)}
+            if b'"postings"' in state:
+                found.add(b"postings")
+            self._names = frozenset(found)
+        return self._names
+
+    def decoded(self) -> RecordedOutcome:
+        if self._decoded is None:
+            self._decoded = self._logs.decode_outcome(self._n)
+        return self._decoded
+
+
+_TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
+_COMMAND = re.compile(rb'"command"\s*:\s*"(\w+)"')
+
+
+def _relevant(events: Sequence[Any], interest: frozenset[bytes] | None) -> list[Any]:
+    """The events a projection must apply, decoded (a page's others it only tracks past)."""
+    out = []
+    for e in events:
+        if isinstance(e, LazyOutcome):
+            if interest is not None:
+                names = e.names()
+                if names is not None and interest.isdisjoint(names):
+                    continue
+            e = e.decoded()
+        out.append(e)
+    return out
+
+
 def log_sources(logs: Logs) -> dict[str, Source]:
+    def read_outcomes(after: int, limit: int, until: int | None) -> Sequence[Any]:
+        page = logs.exchange.select_notifications(
+            start=after, limit=limit, stop=until, inclusive_of_start=False
+        )
+        return [LazyOutcome(logs, n) for n in page]
+
     def read_requests(after: int, limit: int, until: int | None) -> Sequence[Any]:
         page = logs.read_requests(after, limit)
         return page if until is None else [r for r in page if r.position <= until]
 
     return {
-        "exchange": Source(
-            "exchange", lambda a, n, u: logs.read_outcomes(a, n, u), logs.last_outcome_position
-        ),
+        "exchange": Source("exchange", read_outcomes, logs.last_outcome_position),
         "requests": Source("requests", read_requests, logs.last_request_position),
     }
 
@@ -140,35 +203,47 @@ class Follower:
         self.generation = None
 
     def _batch(self, events: Sequence[Any], after: int | None) -> int:
-        with self.store.write() as tx:
-            tracked = lock_tracking(tx, self.name)
-            if tracked is None:
-                raise RuntimeError(f"no tracking row for projection {self.name}: run `spotex migrate`")
-            if (
-                self.instance is None
-                or tracked.position != self.position
-                or tracked.generation != self.generation
-            ):
-                instance = self.cls(self.tables, self.lookup)
-                instance.load_state(json.loads(tracked.state))
-                self.instance = instance
-                self.position, self.generation = tracked.position, tracked.generation
-            if after is not None and tracked.position < after:
-                raise _Moved  # events between the two would be skipped: re-read instead
-            todo = [e for e in events if e.position > tracked.position]
-            if not todo:
-                return 0
-            instance = self.instance
-            instance.begin(tx, todo)
-            for i, event in enumerate(todo):
-                try:
-                    instance.apply(event)
-                except Exception as exc:
-                    raise _EventFailed(i, todo, exc) from exc
-            instance.flush(tx)
-            save_tracking(tx, self.name, todo[-1].position, instance.state_json())
-        self.position = todo[-1].position
-        return len(todo)
+        with self.store.write(durable=False) as tx:
+            n, position = self.apply_in(tx, events, after)
+        if n:
+            self.position = position
+        return n
+
+    def apply_in(self, tx: Tx, events: Sequence[Any], after: int | None) -> tuple[int, int]:
+        """Fold the events after the tracked position and write rows and position in ``tx``.
+
+        Returns (events applied, new position); the caller commits and then sets
+        ``self.position``. On any exception the caller must roll back and ``reset()``.
+        """
+        tracked = lock_tracking(tx, self.name)
+        if tracked is None:
+            raise RuntimeError(f"no tracking row for projection {self.name}: run `spotex migrate`")
+        if (
+            self.instance is None
+            or tracked.position != self.position
+            or tracked.generation != self.generation
+        ):
+            instance = self.cls(self.tables, self.lookup)
+            instance.load_state(json.loads(tracked.state))
+            self.instance = instance
+            self.position, self.generation = tracked.position, tracked.generation
+        if after is not None and tracked.position < after:
+            raise _Moved  # events between the two would be skipped: re-read instead
+        todo = [e for e in events if e.position > tracked.position]
+        if not todo:
+            return 0, tracked.position
+        instance = self.instance
+        relevant = _relevant(todo, self.cls.interest)
+        instance.begin(tx, relevant)
+        for event in relevant:
+            try:
+                instance.apply(event)
+            except Exception as exc:
+                at = next(i for i, e in enumerate(todo) if e.position == event.position)
+                raise _EventFailed(at, todo, exc) from exc
+        instance.flush(tx)
+        save_tracking(tx, self.name, todo[-1].position, instance.state_json())
+        return len(todo), todo[-1].position
 
     def _guarded(self, events: Sequence[Any], after: int | None) -> int:
         try:
@@ -241,16 +316,50 @@ def catch_up(
         page = source.read(after, batch, until)
         if not page:
             break
-        for f in list(active):
-            try:
-                applied += f.process(page, after)
-            except ProjectionFailed:
-                active.remove(f)
+        behind = [f for f in active if f.position is None or f.position < page[-1].position]
+        together = _together(behind, page, after) if len(behind) > 1 else None
+        if together is not None:
+            applied += together
+        else:
+            for f in behind:
+                try:
+                    applied += f.process(page, after)
+                except ProjectionFailed:
+                    active.remove(f)
         pages += 1
         if progress is not None:
             progress(source.name, page[-1].position, applied)
         if max_pages is not None and pages >= max_pages:
             break
+    return applied
+
+
+def _together(followers: Sequence[Follower], page: Sequence[Any], after: int) -> int | None:
+    """Apply a page to several projections in one transaction (one commit instead of one per
+    projection: each still writes its own rows and tracking row, so exactly-once holds per
+    projection). None if anything went wrong: the caller then applies the page projection by
+    projection, which isolates and records the failure."""
+    store = followers[0].store
+    if any(f.store is not store for f in followers):
+        return None
+    positions: dict[str, tuple[int, int]] = {}
+    try:
+        with store.write(durable=False) as tx:
+            for f in followers:
+                positions[f.name] = f.apply_in(tx, page, after)
+    except BaseException as exc:
+        for f in followers:
+            f.reset()
+        if not isinstance(exc, Exception):
+            raise
+        return None
+    applied = 0
+    for f in followers:
+        n, position = positions[f.name]
+        if n:
+            f.position = position
+        f.failed = None
+        applied += n
     return applied
 
 

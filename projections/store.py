@@ -147,7 +147,11 @@ class ReadStore:
         return text
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self, durable: bool = True) -> Iterator[Tx]:
+        """A write transaction. ``durable=False`` lets PostgreSQL acknowledge the commit before
+        its WAL is flushed (``synchronous_commit = off``): a server crash may then lose the last
+        fraction of a second of commits — whole transactions, rows together with their tracking
+        position — which the projections simply apply again. Never for anything else."""
         raise NotImplementedError
         yield  # pragma: no cover
 
@@ -233,7 +237,7 @@ class SQLiteStore(ReadStore):
             conn.execute("COMMIT")
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self, durable: bool = True) -> Iterator[Tx]:
         with self._transaction("BEGIN IMMEDIATE") as tx:
             yield tx
 
@@ -289,8 +293,10 @@ class PostgresStore(ReadStore):
         return out
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Tx]:
+    def write(self, durable: bool = True) -> Iterator[Tx]:
         with self.pool.connection() as conn, conn.transaction():
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
             yield Tx(self, conn)
 
     @contextlib.contextmanager

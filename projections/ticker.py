@@ -16,7 +16,7 @@ from typing import Any
 from domain.amounts import format_units
 from domain.markets import Market
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds
+from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds, words
 from projections.store import Tx
 
 WINDOW_MINUTES = 1440
@@ -63,6 +63,7 @@ def render_stats(m: Market, last: int | None, stats: Mapping[str, Any]) -> dict[
 
 class Ticker(Projection):
     name = "ticker"
+    interest = words("TradeExecuted")
     tables = {"tickers": ("market",), "ticker_buckets": ("market", "minute")}
     uses_catalog = True
 

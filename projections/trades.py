@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup
+from projections.base import Appends, Projection, RequestLookup, words
 from projections.store import Tx, bigs
 
 COLUMNS = (
@@ -16,6 +16,7 @@ COLUMNS = (
 
 class Trades(Projection):
     name = "trades"
+    interest = words("TradeExecuted")
     tables = {"trades": ("trade_id",)}
     uses_catalog = True
 

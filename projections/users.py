@@ -9,12 +9,13 @@ import json
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup
+from projections.base import Appends, Projection, RequestLookup, words
 from projections.store import Tx
 
 
 class Users(Projection):
     name = "users"
+    interest = words("UserRegistered", listings=False)
     tables = {"users": ("user_id",)}
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup
+from projections.base import Keyed, Projection, RequestLookup, words
 from projections.store import Tx
 
 COLUMNS = (
@@ -27,6 +27,7 @@ def _text(value: Any) -> str | None:
 
 class Withdrawals(Projection):
     name = "withdrawals"
+    interest = words("WithdrawalRequested", "WithdrawalCompleted", "WithdrawalFailed", "RequestWithdrawal")
     tables = {"withdrawals": ("withdrawal_id",)}
     uses_catalog = True
 

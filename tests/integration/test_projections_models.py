@@ -550,3 +550,24 @@ def test_market_objects_render_like_the_engine(world: World) -> None:
     # the rendering the tests rely on, checked once against hand-written strings
     m = Market.create("ETH-USDT", Asset("ETH", 18), Asset("USDT", 6), "0.01", "0.01")
     assert (m.format_price(200000), m.format_quantity(45)) == ("2000.00", "0.45")
+
+
+def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
+    """The hot-path helpers give exactly what the library and the domain give."""
+    from projections.base import outcome_event_id, units_str
+    from projections.runner import LazyOutcome
+
+    for o in world.outcomes[:300]:
+        assert outcome_event_id(o.request_id) == str(uuid.uuid5(uuid.UUID(o.request_id), "outcome"))
+    for units in (0, 1, -1, 5, -123456789, 10**25, -(10**25) - 7):
+        for precision in (0, 1, 2, 6, 8, 18):
+            assert units_str(units, precision) == format_units(units, precision)
+    page = world.logs.exchange.select_notifications(start=0, limit=10_000, inclusive_of_start=False)
+    for n in page:
+        lazy = LazyOutcome(world.logs, n)
+        names = lazy.names()
+        decoded = lazy.decoded()
+        want = {f["type"].encode() for f in decoded.facts}
+        want |= {decoded.command.encode()} if decoded.command else set()
+        want |= {b"postings"} if any("postings" in f for f in decoded.facts) else set()
+        assert names == want, (n.id, names, want)
