@@ -96,6 +96,7 @@ _string = json.encoder.encode_basestring  # what that encoder does with a str, w
 def _str(value: Any) -> str:
     return _string(value) if type(value) is str else _json(value)
 _TYPE_KEY = b'"_type_"'
+_decode = json.JSONDecoder().decode  # json.loads(bytes) would sniff the encoding on every call
 
 
 class BinaryPostgresProcessRecorder(PostgresProcessRecorder):
@@ -125,7 +126,7 @@ def _timestamp_only(state: bytes) -> dict[str, Any] | None:
     transcoded value (the one ``"_type_"`` in the bytes); None: let the Mapper decode it."""
     if state.count(_TYPE_KEY) != 1:
         return None
-    data = json.loads(state)
+    data = _decode(state.decode())
     if not isinstance(data, dict):
         return None
     ts = data.get("timestamp")
