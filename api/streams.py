@@ -76,6 +76,7 @@ class Channel:
         self.key = key
         self.market = key[1]
         self.seen: tuple[int, ...] | None = None
+        self.broken = False  # a poll failed part-way: reload and send everyone a snapshot
         self._snapshot: str | None = None
 
     def load(self, store: Any) -> None:
@@ -282,7 +283,7 @@ class Hub:
         self.user_stream = UserStream(store)
         self.user_position: int | None = None  # last exchange position folded for `user`
         self.notification_after = 0
-        self.user_seen: tuple[int, ...] | None = None
+        self.resync: dict[str, int] = {}  # user id → position of a snapshot sent by a restart
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         # One thread of its own: reads never queue behind the api's request threads, and a
@@ -389,10 +390,14 @@ class Hub:
 
     async def _run(self) -> None:
         failures = 0
+        idle_since = time.monotonic()
         while not self.closed:
             await asyncio.sleep(self.interval if not failures else min(0.05 * 2 ** failures, 5.0))
             if not self.subscribers and not self.users:
+                if time.monotonic() - idle_since > 5.0:
+                    return  # nobody left: the next subscribe starts the task again
                 continue
+            idle_since = time.monotonic()
             try:
                 async with self._lock:
                     channels = [self.channels[k] for k in self.subscribers if k in self.channels]
@@ -414,16 +419,45 @@ class Hub:
         public_out = []
         for channel in channels:
             seen = tuple(positions.get(d, 0) for d in channel.deps)
-            if seen == channel.seen:
+            if seen == channel.seen and not channel.broken:
                 continue
-            texts = channel.poll(self.store)
+            try:
+                if channel.broken:
+                    channel.load(self.store)
+                    texts = [channel.snapshot()]
+                    channel.broken = False
+                else:
+                    texts = channel.poll(self.store)
+            except Exception:
+                log.exception("WebSocket channel %s failed; it reloads and resends its snapshot", channel.key)
+                channel.broken = True
+                continue
             channel.seen = seen
             if texts:
                 public_out.append((channel.key, texts))
         user_out: dict[str, list[tuple[int, str]]] = {}
         if users and self.user_position is not None:
-            user_out = self._user_tick(positions, users)
+            try:
+                user_out = self._user_tick(positions, users)
+            except Exception:
+                log.exception("WebSocket user stream failed; its subscribers get fresh snapshots")
+                user_out = self._user_restart(users)
         return public_out, user_out
+
+    def _user_restart(self, users: set[str]) -> dict[str, list[tuple[int, str]]]:
+        """Start the user stream again from fresh snapshots (its state may hold a failed page).
+
+        Each followed connection gets a new snapshot (a client resets on a snapshot) and then the
+        messages after it, as after a subscribe."""
+        self.user_stream = UserStream(self.store)
+        self.user_position = self._head()
+        self.notification_after = delivery.last_notification_id(self.store, self.user_position)
+        out: dict[str, list[tuple[int, str]]] = {}
+        for user_id in users:
+            snap = self._user_snapshot(user_id)
+            out[user_id] = [(-1, dumps(snap))]
+            self.resync[user_id] = snap["position"]
+        return out
 
     def _user_tick(self, positions: dict[str, int], users: set[str]) -> dict[str, list[tuple[int, str]]]:
         head = min(positions.get(n, 0) for n in USER_PROJECTIONS)
@@ -483,9 +517,13 @@ class Hub:
                 continue
             for sub, since in list(follow.since.items()):
                 for position, text in messages:
-                    if position > since:
+                    if position > since or position == -1:  # -1: a restart's snapshot
                         sub.offer(text)
                         sent += 1
+            if user_id in self.resync:
+                position = self.resync.pop(user_id)
+                for sub in follow.since:
+                    follow.since[sub] = position
         self.sent += sent
 
     def stats(self) -> dict[str, Any]:

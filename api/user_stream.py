@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from domain.amounts import format_units, to_units
+from domain.markets import Market
 from engine.log import RecordedOutcome
 from projections import queries as q
 from projections.base import Catalog
@@ -58,10 +59,7 @@ class UserStream:
             self.base[user_id] = int(snap["position"])
             held: dict[str, list[int]] = {}
             for b in snap["balances"]:
-                precision = self.catalog.assets.get(b["asset"])
-                if precision is None:
-                    self.reload_catalog()
-                    precision = self.catalog.assets[b["asset"]]
+                precision = self.precision(b["asset"])
                 held[b["asset"]] = [to_units(b["available"], precision), to_units(b["frozen"], precision)]
             self.balances[user_id] = held
         return snap
@@ -82,6 +80,24 @@ class UserStream:
         catalog.load({"assets": assets, "markets": list(q.markets(self.store))})
         self.catalog, self.catalog_loaded = catalog, True
 
+    # Listings never change once made; one listed while nobody was followed (its fact was not
+    # folded) is read from the read model on first use.
+
+    def market(self, symbol: str) -> Market:
+        found = self.catalog.markets.get(symbol)
+        if found is None:
+            self.reload_catalog()
+            found = self.catalog.markets[symbol]
+        return found
+
+    def precision(self, asset: str) -> int:
+        if asset not in self.catalog.assets:
+            self.reload_catalog()
+        return self.catalog.assets[asset]
+
+    def units(self, asset: str, units: int) -> str:
+        return format_units(units, self.precision(asset))
+
     # -- the fold -------------------------------------------------------------------------
 
     def fold(self, outcomes: Sequence[RecordedOutcome]) -> Out:
@@ -99,7 +115,10 @@ class UserStream:
         for f in o.facts:
             kind = f["type"]
             if kind in ("AssetListed", "MarketListed"):
-                self.catalog.apply(f)
+                try:
+                    self.catalog.apply(f)
+                except KeyError:  # its asset was listed while nobody was followed
+                    self.reload_catalog()
                 continue
             for account, asset, d_avail, d_frozen in f.get("postings", ()):
                 if account in followed:
@@ -148,7 +167,7 @@ class UserStream:
                 "balance", o.position, self._balance(asset, held, d_avail, d_frozen))))
 
     def _trade(self, o: RecordedOutcome, f: Mapping[str, Any], touched: dict[str, None], out: Out) -> None:
-        market = self.catalog.markets[f["market"]]
+        market = self.market(f["market"])
         taker_side = f["taker_side"]
         for role, side in (("maker", "sell" if taker_side == "buy" else "buy"), ("taker", taker_side)):
             user_id = f[f"{role}_user_id"]
@@ -168,8 +187,8 @@ class UserStream:
                 "trade_id": f["trade_id"], "order_id": oid, "user_id": user_id,
                 "market": f["market"], "side": side, "price": market.format_price(f["price"]),
                 "quantity": market.format_quantity(f["quantity"]),
-                "quote_quantity": self.catalog.units(market.quote, f["quote_amount"]),
-                "fee": self.catalog.units(fee_asset, f[f"{role}_fee"]), "fee_asset": fee_asset,
+                "quote_quantity": self.units(market.quote, f["quote_amount"]),
+                "fee": self.units(fee_asset, f[f"{role}_fee"]), "fee_asset": fee_asset,
                 "liquidity": role, "time": o.time, "position": o.position,
             }
             out.setdefault(user_id, []).append((o.position, envelope("fill", o.position, fill)))
@@ -192,7 +211,7 @@ class UserStream:
 
     def _pre_existing(self, row: Mapping[str, Any], position: int) -> dict[str, Any]:
         """An order accepted before the stream followed it: totals from its fills before ``position``."""
-        market = self.catalog.markets[row["market"]]
+        market = self.market(row["market"])
         filled = filled_quote = fee = 0
         cursor = None
         while True:
@@ -202,7 +221,7 @@ class UserStream:
                     continue
                 filled += market.quantity_lots(fill["quantity"])
                 filled_quote += to_units(fill["quote_quantity"], market.quote_precision)
-                fee += to_units(fill["fee"], self.catalog.assets[fill["fee_asset"]])
+                fee += to_units(fill["fee"], self.precision(fill["fee_asset"]))
             cursor = page.get("next_cursor")
             if not cursor:
                 break
@@ -221,7 +240,7 @@ class UserStream:
         }
 
     def _accepted(self, o: RecordedOutcome, f: Mapping[str, Any]) -> dict[str, Any]:
-        market = self.catalog.markets[f["market"]]
+        market = self.market(f["market"])
         qq = f["quote_quantity"]
         return {
             "order_id": f["order_id"], "user_id": f["user_id"], "client_order_id": f["client_order_id"],
@@ -237,7 +256,7 @@ class UserStream:
 
     def _order_resource(self, order: Mapping[str, Any]) -> Message:
         """The API's order resource (``OrderPublic``) for a followed order's state."""
-        market = self.catalog.markets[order["market"]]
+        market = self.market(order["market"])
         quote_p = market.quote_precision
         fee_p = market.base_precision if order["fee_asset"] == market.base else quote_p
         price, quantity, filled = order["price"], order["quantity"], order["filled"]
@@ -268,7 +287,7 @@ class UserStream:
         }
 
     def _balance(self, asset: str, held: Sequence[int], d_avail: int, d_frozen: int) -> Message:
-        units = self.catalog.units
+        units = self.units
         return {
             "asset": asset,
             "available": units(asset, held[0]), "frozen": units(asset, held[1]),

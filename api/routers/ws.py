@@ -183,6 +183,9 @@ class Connection:
                               {"field": "op"})
         except OpError as exc:
             self.error(exc.code, exc.message, exc.details, request_id)
+        except Exception:
+            log.exception("WebSocket op failed")
+            self.error("internal_error", "the server failed; the op may be retried", None, request_id)
 
     def _auth(self, op: dict[str, Any], request_id: Any) -> None:
         token = op.get("token")
