@@ -124,13 +124,17 @@ class Sequencer:
         self._broken = False
 
     def _settle(self) -> None:
-        """Wait for the batch in flight, whatever its fate (recovery reads the store next)."""
-        batch, self._inflight = self._inflight, None
+        """Wait for the batch in flight, whatever its fate (recovery reads the store next).
+
+        The batch stays ``_inflight`` until its commit has ended, so an interrupt during the
+        wait leaves it to be waited for again by the next recovery."""
+        batch = self._inflight
         if batch is not None and batch.future is not None:
             try:
                 batch.future.result()
             except Exception:
                 log.warning("the commit of the batch in flight failed; recovering", exc_info=True)
+        self._inflight = None
 
     # -- consuming --------------------------------------------------------------------------
 
@@ -190,9 +194,17 @@ class Sequencer:
         return batch
 
     def _wait_inflight(self) -> None:
-        batch, self._inflight = self._inflight, None
-        if batch is not None and batch.future is not None:
-            self._committed(batch, batch.future.result())
+        batch = self._inflight
+        if batch is None or batch.future is None:
+            self._inflight = None
+            return
+        try:
+            positions = batch.future.result()
+        except Exception:
+            self._inflight = None  # it ended: failed
+            raise
+        self._inflight = None
+        self._committed(batch, positions)
 
     def drain(self) -> None:
         """Wait for the batch in flight; if its commit failed, recover and raise the error."""

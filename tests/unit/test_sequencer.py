@@ -337,3 +337,42 @@ def test_snapshot_plus_tail_gives_the_state_of_a_replay_from_zero_and_a_corrupt_
     assert again.snapshot_seq == 300
     assert again.exchange.state_hash() == seq.exchange.state_hash() == replay_requests(logs).state_hash()
 
+
+
+def test_an_interrupt_while_a_commit_is_in_flight_recovers_only_after_that_commit_ended() -> None:
+    import time
+    from concurrent.futures import Future
+
+    logs = workload(seed=9)
+    seq = Sequencer(logs, batch_size=50, pipeline=True)
+    real_commit = logs.commit
+
+    def slow_commit(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # still in flight when the interrupt comes
+        return real_commit(*args, **kwargs)
+
+    class Interrupted:
+        """A future whose first wait is interrupted (Ctrl-C), as a signal would do it."""
+
+        def __init__(self, future: Future[Any]) -> None:
+            self.future, self.waits = future, 0
+
+        def result(self) -> Any:
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return self.future.result()
+
+    executor: Any = seq._executor
+    real_submit = executor.submit
+    executor.submit = lambda *a, **k: Interrupted(real_submit(*a, **k))
+    logs.commit = slow_commit  # type: ignore[method-assign]
+    seq.step()  # batch 1 in flight
+    with pytest.raises(KeyboardInterrupt):
+        seq.step()  # decides batch 2, then the wait for batch 1 is interrupted
+    # Recovery waited for batch 1's commit: the state is the store's, batch 1 included.
+    assert seq.request_position == logs.engine_position() == 50
+    executor.submit = real_submit
+    run_all(seq)  # no collision with a commit that landed behind recovery's back
+    check_log(logs)
+    seq.close()
