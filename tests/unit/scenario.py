@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -255,6 +254,7 @@ class Scenario:
     # -- ids ---------------------------------------------------------------------------------
 
     def order_id(self, name: str) -> uuid.UUID:
+        """The id of a named order; a name never used gives an id no order has."""
         return uuid.UUID(self.ids[name]) if name in self.ids else c.derived_id("unknown", name)
 
     def actor_id(self, username: str | None) -> str | None:
@@ -335,7 +335,3 @@ class Scenario:
         levels = book.asks if side == "sell" else book.bids
         sign = 1 if side == "sell" else -1
         return [(sign * key, [self.name_of(oid) for oid in level.orders]) for key, level in levels.items()]
-
-    def facts_of(self, types: Iterable[str]) -> list[Fact]:
-        wanted = set(types)
-        return [f for f in self.facts if f["type"] in wanted]
