@@ -185,7 +185,8 @@ def take(ex: Exchange, market: Market, order: Order) -> None:
     elif p.stop == "self_trade":
         close(ex, order, "cancelled", "self_trade")
     elif p.stop == "budget_spent" or (order.quote_quantity is not None and order.hold == 0):
-        close(ex, order, "filled", "budget_spent")
+        # Nothing bought at all is not a fill: the budget could not pay for one lot.
+        close(ex, order, "filled" if order.filled else "expired", "budget_spent")
     elif order.order_type == "market":
         close(ex, order, "expired", "no_liquidity")
     elif order.time_in_force != "GTC":

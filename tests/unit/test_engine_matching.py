@@ -339,11 +339,6 @@ def test_a_market_buy_by_quote_beyond_the_book_expires_and_releases_the_rest(s: 
     assert s.balance("alice", "USDT") == (100_000 - 500, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine closes it filled/budget_spent although nothing was bought; docs/design.md "
-    "describes budget_spent only as a filled close, so the status to use is the docs' owners' call",
-)
 def test_a_market_buy_by_quote_that_cannot_afford_one_lot_is_not_reported_filled(s: Scenario) -> None:
     s.given(s.bob.sell("100", "0.1", "a100"))  # one lot costs 1.00 USDT
 
