@@ -7,7 +7,9 @@ batches of one, the live state captured after each step). Then:
   PostgreSQL role made with the SQL of docs/audit.md;
 - one stored outcome changed, one deleted, two swapped, one request changed and one deleted,
   each by SQL: exit 1, and the report's first violation names the first position affected;
-- ``replay --at`` a position or a time gives exactly the balances and book the live engine had.
+- ``replay --at`` a position or a time gives exactly the balances and book the live engine had;
+- every code block of docs/audit.md runs: the role's SQL, each ``$ spotex …`` line (the
+  production one against that role), and the ``--json`` example names real report fields.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -214,8 +219,6 @@ class Store:
     def set_state(self, log: str, position: int, state: dict[str, Any]) -> None:
         with self.sql(log) as run:
             run("UPDATE {t} SET state = ? WHERE {p} = ?", json.dumps(state).encode(), position)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -477,6 +480,7 @@ def test_replay_gives_the_live_state_at_positions_and_times(
 
 def test_audit_as_the_read_only_role_of_the_docs(
     make_postgres_database: Callable[[], AbstractContextManager[str]],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -496,9 +500,74 @@ def test_audit_as_the_read_only_role_of_the_docs(
             monkeypatch.setenv("SPOTEX_DATABASE_URL", role_url)
             capsys.readouterr()
             assert main(["audit"]) == 0, capsys.readouterr()
+            # the documented command line, pointed at this database
+            text = (ROOT / "docs" / "audit.md").read_text()
+            (line,) = [c for c in console_commands(text) if c[0].startswith("SPOTEX_DATABASE_URL=")]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+            run_command(
+                [f"SPOTEX_DATABASE_URL={role_url}", *line[1:]], {**env, "PYTHONPATH": str(ROOT)}, tmp_path
+            )
+            assert json.loads((tmp_path / "audit.json").read_text())["violations"] == 0
             with psycopg.connect(role_url, autocommit=True) as conn, pytest.raises(psycopg.Error):
                 conn.execute("DELETE FROM exchange_events")
         finally:
             admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
             admin.close()
+
+
+# --- the other code blocks of docs/audit.md --------------------------------------------------
+
+
+def console_commands(text: str) -> list[list[str]]:
+    """The ``$ `` lines of the ```console blocks, split as a shell would (comments dropped)."""
+    blocks = re.findall(r"```console\n(.*?)```", text, re.S)
+    return [
+        shlex.split(line[2:], comments=True)
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("$ ")
+    ]
+
+
+def run_command(argv: list[str], env: dict[str, str], cwd: Path) -> int:
+    """One documented command: leading VAR=value assignments, ``spotex`` as this checkout's CLI,
+    ``> file`` as a redirect."""
+    extra = {}
+    while "=" in argv[0]:
+        key, _, value = argv.pop(0).partition("=")
+        extra[key] = value
+    assert argv[0] == "spotex", argv
+    out = None
+    if ">" in argv:
+        i = argv.index(">")
+        out, argv = cwd / argv[i + 1], argv[:i]
+    result = subprocess.run(
+        [sys.executable, "-m", "spotex.cli", *argv[1:]],
+        cwd=cwd,
+        env={**env, **extra},
+        capture_output=True,
+        timeout=300,
+    )
+    if out is not None:
+        out.write_bytes(result.stdout)
+    assert result.returncode == 0, (argv, result.stderr.decode()[-2000:])
+    return result.returncode
+
+
+@pytest.mark.parametrize("recorded", ["sqlite"], indirect=True)
+def test_the_docs_commands_run_and_the_json_example_is_true(
+    recorded: tuple[Store, list[Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _ = recorded
+    text = (ROOT / "docs" / "audit.md").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+    env.update(store.env, PYTHONPATH=str(ROOT))
+    commands = [c for c in console_commands(text) if not c[0].startswith("SPOTEX_DATABASE_URL=")]
+    assert len(commands) >= 5
+    for argv in commands:
+        run_command(argv, env, tmp_path)
+    example = json.loads(re.sub(r'"…": 0', '"x": 0', re.findall(r"```json\n(.*?)```", text, re.S)[0]))
+    _, report = run_audit(capsys)
+    assert set(example) <= set(report), set(example) - set(report)
+    assert set(example["assets"]["USDT"]) == set(report["assets"]["USDT"])
