@@ -12,7 +12,8 @@ position R:
 - a fresh ``Exchange`` executes it and must produce the recorded facts, field for field, in
   order (``reexecution_mismatch``; ``engine_error`` if it raises);
 - an outcome whose request is not in the log is ``missing_request`` and its recorded facts are
-  applied instead; one whose request was passed over earlier is ``outcome_order``;
+  applied instead; one whose request was passed over or answered earlier is ``outcome_order``
+  (and is not applied again);
 - a stored engine snapshot must equal the re-executed state at its seq (``snapshot_mismatch``).
 
 At the end, requests up to the engine's tracking position must all be answered, and the
@@ -44,6 +45,7 @@ class Reexecution:
         self.snapshots = dict(snapshots)
         self.executed = self.snapshots_checked = 0
         self.skipped: dict[int, list[Fact] | None] = {}
+        self.answered = 0  # the last request position consumed in its turn
 
     def _next(self) -> None:
         self.pending = next(self.reqs, None)
@@ -56,6 +58,7 @@ class Reexecution:
         r = self.pending
         if r is not None and r.position == o.request_position:
             self._next()
+            self.answered = r.position
             if not isinstance(r, RequestRecord):  # Unreadable
                 v("undecodable", r.error, log="requests", position=r.position, event_id=r.event_id)
                 self.apply_recorded(o, v)
@@ -70,6 +73,12 @@ class Reexecution:
             v("outcome_order", f"answers request position {o.request_position}, whose turn had passed")
             if executed is not None and executed != o.facts:
                 v("reexecution_mismatch", describe_difference(o.facts, executed))
+        elif o.request_position <= self.answered:  # its request was consumed already: not again
+            v(
+                "outcome_order",
+                f"answers request position {o.request_position}, which was answered before "
+                "(a duplicated or moved outcome)",
+            )
         else:
             v(
                 "missing_request",

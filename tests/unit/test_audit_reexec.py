@@ -322,3 +322,20 @@ def test_the_chain_is_checked_over_the_stored_facts_bytes_when_the_reader_gives_
     stored[i] = replace(o, facts_json=o.facts_json.replace('"quantity":', '"quantity":1', 1))
     found = audit(requests, stored)
     assert (found[0].code, found[0].position) == ("hash_mismatch", o.position)
+
+
+LEDGER_CODES = {"frozen_mismatch", "negative_balance", "hold_overdrawn", "unknown_hold"}
+
+
+def test_a_duplicated_outcome_is_reported_once_and_not_applied_again() -> None:
+    requests, outcomes = flow(), record(flow())
+    copy_of = outcomes[11]
+    outcomes.insert(14, replace(copy_of, position=outcomes[13].position + 1))
+    for k in range(15, len(outcomes)):
+        outcomes[k] = replace(outcomes[k], position=outcomes[k].position + 1)
+    found = audit(requests, outcomes)
+    assert found[0].position == outcomes[14].position
+    assert "outcome_order" in codes(found)
+    # re-execution stays in step; the ledger fold, which folds the log as it stands, does not
+    assert "reexecution_mismatch" not in codes(found)
+    assert {v.position for v in found if v.code not in LEDGER_CODES} == {15, 16}
