@@ -273,7 +273,7 @@ def test_an_undecodable_outcome_is_reported_not_skipped() -> None:
     requests, outcomes = flow(), record(flow())
     outcomes[5] = Unreadable("exchange", outcomes[5].position, None, "bad JSON")  # type: ignore[call-overload]
     found = audit(requests, outcomes)
-    assert (found[0].code, found[0].position) == ("undecodable", 6)
+    assert (found[0].code, found[0].position, found[0].seq) == ("undecodable", 6, 6)
 
 
 def test_a_snapshot_must_equal_the_reexecuted_state() -> None:
