@@ -147,7 +147,9 @@ class Audit:
             if isinstance(o, Unreadable):
                 if "chain" in self.parts:
                     found.append(
-                        AuditViolation("exchange", o.position, o.event_id, "undecodable", o.error, self.last_seq + 1)
+                        AuditViolation(
+                            "exchange", o.position, o.event_id, "undecodable", o.error, self.last_seq + 1
+                        )
                     )
                 self.last_seq += 1
                 self.last_hash = ""  # unknown: the next link cannot be checked against it
