@@ -196,7 +196,8 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
     try:
         logs = open_logs(Settings.from_env())
         last = logs.last_outcome_position()
-        tracked = logs.engine_position() if args.until is None or args.until >= last else None
+        engine_position, requests_head = logs.engine_position(), logs.last_request_position()
+        tracked = engine_position if args.until is None or args.until >= last else None
         snapshots, found = read_snapshots(logs)
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
@@ -224,6 +225,8 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         return 2
     seconds = time.perf_counter() - started
     report["seconds"]["total"] = round(seconds, 3)
+    # Requests after the engine's tracking position are not consumed yet: pending, not missing.
+    report["engine_tracking_position"], report["requests_log_head"] = engine_position, requests_head
     found += kept
     report["violations"] += len(found) - len(kept)  # plus the snapshot checksums read first
     report["events_per_second"] = round((report["outcomes"] + report["requests"]) / max(seconds, 1e-9))
