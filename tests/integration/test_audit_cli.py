@@ -14,6 +14,7 @@ batches of one, the live state captured after each step). Then:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -293,7 +294,9 @@ def trade_position(store: Store, live: list[Any]) -> int:
 def test_the_untouched_log_is_clean(
     recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _store, live = recorded
+    store, live = recorded
+    files = sorted(store.settings.data_dir.glob("*.sqlite")) if store.kind == "sqlite" else []
+    before = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     code, report = run_audit(capsys)
     assert code == 0, report["violation_list"]
     assert report["outcomes"] == report["requests"] == len(live)
@@ -306,6 +309,7 @@ def test_the_untouched_log_is_clean(
     middle = live[len(live) // 2]
     code, report = run_audit(capsys, "--until", str(middle[0]))
     assert (code, report["last_position"], report["state_hash"]) == (0, middle[0], middle[3])
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == before  # read-only
 
 
 def test_the_audit_split_over_two_processes_agrees(
