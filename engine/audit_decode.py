@@ -36,7 +36,8 @@ def _uuid(value: Any) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
-def decode_outcome(n: Any) -> StoredOutcome | Unreadable:
+def decode_outcome(n: Any, slice_facts: bool = True) -> StoredOutcome | Unreadable:
+    """``slice_facts``: also find the stored bytes of the facts (only the chain check uses them)."""
     try:
         if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
             raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
@@ -63,7 +64,9 @@ def decode_outcome(n: Any) -> StoredOutcome | Unreadable:
             facts,
             prev_hash,
             digest,
-            _facts_slice(state, time, rid, position, actor, command, prev_hash, digest),
+            _facts_slice(state, time, rid, position, actor, command, prev_hash, digest)
+            if slice_facts
+            else None,
         )
     except Exception as exc:
         return Unreadable("exchange", n.id, None, f"the stored outcome does not decode: {exc!r}")

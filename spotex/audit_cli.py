@@ -102,11 +102,13 @@ def _pages(fetch: Callable[[int], Sequence[Any]]) -> Iterator[Any]:
         stop.set()
 
 
-def iter_outcomes(logs: Logs, until: int | None = None) -> Iterator[RecordedOutcome | Unreadable]:
+def iter_outcomes(
+    logs: Logs, until: int | None = None, slice_facts: bool = True
+) -> Iterator[RecordedOutcome | Unreadable]:
     fetch = lambda after: logs.exchange.select_notifications(  # noqa: E731
         start=after, limit=PAGE, stop=until, inclusive_of_start=False
     )
-    return (decode_outcome(n) for n in _pages(fetch))
+    return (decode_outcome(n, slice_facts) for n in _pages(fetch))
 
 
 def iter_requests(logs: Logs) -> Iterator[RequestRecord | Unreadable]:
@@ -174,7 +176,7 @@ def audit_parts(
     )
     requests = iter_requests(logs) if "reexecute" in parts else iter(())
     found: list[AuditViolation] = []
-    for v in run.run(requests, iter_outcomes(logs, until)):
+    for v in run.run(requests, iter_outcomes(logs, until, slice_facts="chain" in parts)):
         if len(found) < MAX_FOUND:
             found.append(v)
     report = run.report()
@@ -306,7 +308,7 @@ def _parse_at(text: str) -> int | datetime:
 def replay_state(logs: Logs, at: int | datetime) -> tuple[Exchange, RecordedOutcome | None]:
     """A fresh Exchange folded with the recorded facts up to a position or time."""
     try:
-        return fold(iter_outcomes(logs, at if isinstance(at, int) else None), at)
+        return fold(iter_outcomes(logs, at if isinstance(at, int) else None, slice_facts=False), at)
     except ReplayError as exc:
         raise StoreError(str(exc)) from exc
 
