@@ -339,7 +339,8 @@ class Reference:
         elif stop == "self_trade":
             self.close(taker, "cancelled", "self_trade")
         elif stop == "budget_spent" or (taker.budget is not None and taker.hold == 0):
-            self.close(taker, "filled", "budget_spent")
+            # a budget that could not pay for a single lot bought nothing: that is no fill
+            self.close(taker, "filled" if taker.filled else "expired", "budget_spent")
         elif taker.price is None:
             self.close(taker, "expired", "no_liquidity")
         elif taker.tif != "GTC":
