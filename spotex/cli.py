@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--at", required=True, metavar="POSITION|TIME")
     replay.add_argument("--user", metavar="NAME")
     replay.add_argument("--market", metavar="SYMBOL")
+    replay.add_argument("--json", action="store_true", help="print the state as JSON")
 
     proj = sub.add_parser("projections", help="read models: status, rebuild, verify")
     proj_sub = proj.add_subparsers(dest="action", required=True, metavar="ACTION")
