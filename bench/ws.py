@@ -1,0 +1,298 @@
+"""WebSocket fan-out: N concurrent subscribers on one market while orders flow.
+
+    .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
+                                 [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
+
+1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
+   process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
+   traders and seeds ten price levels a side.
+2. Opens ``--subscribers`` WebSocket connections on loopback from ``--procs`` client processes,
+   each subscribed to ``book`` and ``trades`` of BTC-USDT, and waits for every snapshot.
+3. Flows orders at ``--rate`` per second for ``--seconds``: a resting limit order, then a market
+   order that trades with the book, alternately on each side.
+4. Prints: messages delivered (all subscribers) per second; the delay of each trade message from
+   its request time (the api stamps it before appending; the engine commits it, the projections
+   apply it, the follower reads and fans it out) to its arrival at each subscriber, p50/p90/p99/
+   max — an upper bound of commit → delivery; the server's resident memory per connection
+   (subscribed and idle, minus before any connection); gaps and drops seen by the clients; and the
+   server's CPU use during the flow.
+
+The clients run on the same machine and compete with the server for its cores; the figures
+include that. Figures go to ``docs/performance.md`` ("WebSocket fan-out") with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._machine import print_machine  # noqa: E402
+from tests.e2e.conftest import Api, fund, ok, start_server, stop_server  # noqa: E402
+
+MARKET = "BTC-USDT"
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- subscriber processes -----------------------------------------------------------------------
+
+
+def subscriber_process(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any,
+                       deflate: bool = False) -> None:
+    asyncio.run(subscribers(url, n, ready, start, stop, results, deflate))
+
+
+async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any,
+                      deflate: bool = False) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    ws_url = url.replace("http://", "ws://") + "/v1/ws"
+    stats = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
+    delays: list[float] = []
+    counting = False
+
+    async def one(ws: Any) -> None:
+        nonlocal counting
+        sequence = None
+        try:
+            async for raw in ws:
+                now = time.time()
+                m = json.loads(raw)
+                stats["messages"] += 1
+                if counting:
+                    stats["counted"] += 1
+                if m.get("channel") == "book":
+                    if m["type"] == "snapshot":
+                        sequence = m["sequence"]
+                    elif m["type"] == "update" and sequence is not None:
+                        if m["sequence"] != sequence + 1:
+                            stats["gaps"] += 1
+                        sequence = m["sequence"]
+                elif m.get("channel") == "trades" and m["type"] == "update" and counting:
+                    for t in m["trades"]:
+                        delays.append(now - datetime.fromisoformat(t["time"]).timestamp())
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == 4008:
+                stats["dropped"] += 1
+            else:
+                stats["closed"] += 1
+
+    conns = []
+    sem = asyncio.Semaphore(50)
+
+    async def open_one() -> Any:
+        async with sem:
+            ws = await connect(ws_url, max_size=None, ping_interval=None, open_timeout=60,
+                               compression="deflate" if deflate else None)
+            for channel in ("book", "trades"):
+                await ws.send(json.dumps({"op": "subscribe", "channel": channel, "market": MARKET}))
+            return ws
+
+    conns = await asyncio.gather(*(open_one() for _ in range(n)))
+    tasks = [asyncio.create_task(one(ws)) for ws in conns]
+    while stats["messages"] < 4 * n:  # two acks and two snapshots each
+        await asyncio.sleep(0.05)
+    ready.set()
+    while not start.is_set():
+        await asyncio.sleep(0.01)
+    counting = True
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    counting = False
+    for ws in conns:
+        await ws.close()
+    for t in tasks:
+        t.cancel()
+    results.put((stats, delays))
+
+
+# -- the order flow -----------------------------------------------------------------------------
+
+
+async def order_flow(url: str, tokens: list[str], rate: float, seconds: float) -> tuple[int, int]:
+    rng = random.Random(1)
+    clients = [httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {t}"})
+               for t in tokens]
+    sent = errors = 0
+    pending: set[asyncio.Task[None]] = set()
+
+    async def post(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+        nonlocal errors
+        r = await client.post("/v1/orders", json=body)
+        if r.status_code != 202:
+            errors += 1
+
+    started = time.monotonic()
+    i = 0
+    while time.monotonic() - started < seconds:
+        side = "sell" if i % 4 < 2 else "buy"
+        if i % 2 == 0:  # a maker a few ticks outside the seeded spread
+            price = 100 + (1 if side == "sell" else -1) * rng.randint(1, 30) / 100
+            body = {"market": MARKET, "side": side, "type": "limit", "price": f"{price:.2f}",
+                    "quantity": "0.0100"}
+        else:  # a taker that trades with the best level on the other side
+            body = {"market": MARKET, "side": "buy" if side == "sell" else "sell", "type": "market",
+                    "quantity": "0.0050"}
+        task = asyncio.create_task(post(clients[i % len(clients)], body))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        sent += 1
+        i += 1
+        await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+    if pending:
+        await asyncio.gather(*pending)
+    for c in clients:
+        await c.aclose()
+    return sent, errors
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--subscribers", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=20.0, help="orders per second")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--procs", type=int, default=2, help="client processes")
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate (the server accepts it: a zlib pass per message "
+                        "and connection on both sides)")
+    p.add_argument("--url", default="sqlite", help="'sqlite' or a PostgreSQL server URL (no database)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch PostgreSQL database")
+    args = p.parse_args()
+    print_machine()
+    print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    backend = "SQLite" if args.url == "sqlite" else "PostgreSQL"
+    print(f"ws bench: {args.subscribers} subscribers in {args.procs} client processes, book+trades of "
+          f"{MARKET}, {args.rate:g} orders/s for {args.seconds:g} s, backend {backend}, "
+          f"permessage-deflate {'on' if args.deflate else 'off'}", flush=True)
+
+    db_url = None
+    if args.url != "sqlite":
+        from bench.api import drop_database, scratch_database
+
+        db_url = scratch_database(args.url)
+    tmp = tempfile.TemporaryDirectory()
+    server = start_server(Path(tmp.name), {"SPOTEX_DATABASE_URL": db_url} if db_url else {})
+    pid = server.proc.pid
+    try:
+        anon = Api(server.url)
+        admin = anon.login("admin", "admin")
+        for symbol, precision in (("BTC", 8), ("USDT", 6)):
+            admin.post("/v1/assets?wait=true", {"symbol": symbol, "precision": precision})
+        admin.post("/v1/markets?wait=true", {"symbol": MARKET, "base": "BTC", "quote": "USDT",
+                                             "tick_size": "0.01", "lot_size": "0.0001"})
+        traders = []
+        for _ in range(2):
+            api, username, _ = anon.onboard("wsbench")
+            fund(admin, username, "USDT", "100000000")
+            fund(admin, username, "BTC", "1000000")
+            traders.append(api)
+        for level in range(1, 11):  # a book to trade with: ten levels a side, deep enough
+            for side, sign in (("buy", -1), ("sell", 1)):
+                ok(traders[0].post("/v1/orders?wait=true", {
+                    "market": MARKET, "side": side, "type": "limit",
+                    "price": f"{100 + sign * (0.30 + level / 100):.2f}", "quantity": "100.0000"}))
+        time.sleep(1)
+        rss_idle = rss_kib(pid)
+
+        ctx = mp.get_context("spawn")
+        start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        readies, procs = [], []
+        shares = [args.subscribers // args.procs + (1 if i < args.subscribers % args.procs else 0)
+                  for i in range(args.procs)]
+        t0 = time.monotonic()
+        for share in shares:
+            ready = ctx.Event()
+            proc = ctx.Process(target=subscriber_process,
+                               args=(server.url, share, ready, start, stop, results, args.deflate))
+            proc.start()
+            readies.append(ready)
+            procs.append(proc)
+        for ready in readies:
+            if not ready.wait(300):
+                raise RuntimeError("the subscribers did not all get their snapshots in 300 s")
+        connect_s = time.monotonic() - t0
+        time.sleep(2)
+        rss_subscribed = rss_kib(pid)
+        per_conn = (rss_subscribed - rss_idle) / args.subscribers
+        print(f"connected and subscribed {args.subscribers} in {connect_s:.1f} s; server RSS "
+              f"{rss_idle / 1024:.0f} MiB before, {rss_subscribed / 1024:.0f} MiB after: "
+              f"{per_conn:.1f} KiB per connection", flush=True)
+
+        tokens = [t.token or "" for t in traders]
+        cpu0, w0 = cpu_seconds(pid), time.monotonic()
+        start.set()
+        sent, errors = asyncio.run(order_flow(server.url, tokens, args.rate, args.seconds))
+        time.sleep(2)  # the last messages
+        stop.set()
+        window = time.monotonic() - w0
+        cpu = cpu_seconds(pid) - cpu0
+        rss_peak = rss_kib(pid)
+        totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
+        delays: list[float] = []
+        for _ in procs:
+            stats, d = results.get(timeout=120)
+            for k in totals:
+                totals[k] += stats[k]
+            delays.extend(d)
+        for proc in procs:
+            proc.join(timeout=60)
+        delays.sort()
+        trades = len(delays) / max(1, args.subscribers)
+        print(f"orders sent {sent} ({sent / args.seconds:.1f}/s, {errors} errors); "
+              f"trades seen per subscriber {trades:.0f}", flush=True)
+        print(f"delivered {totals['counted']} messages in {window:.1f} s: "
+              f"{totals['counted'] / window:,.0f} messages/s to {args.subscribers} subscribers", flush=True)
+        pct = {q: percentile(delays, q) * 1000 for q in (50, 90, 99, 100)}
+        print(f"delay request → delivery (trades, every subscriber): p50 {pct[50]:.1f} ms  "
+              f"p90 {pct[90]:.1f} ms  p99 {pct[99]:.1f} ms  max {pct[100]:.1f} ms", flush=True)
+        print(f"book gaps {totals['gaps']}, dropped as slow {totals['dropped']}, other closes "
+              f"{totals['closed']}; server CPU {cpu / window * 100:.0f}% of one core during the flow, "
+              f"RSS at the end {rss_peak / 1024:.0f} MiB", flush=True)
+        print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+              flush=True)
+    finally:
+        code = stop_server(server)
+        tmp.cleanup()
+        if db_url and not args.keep:
+            drop_database(args.url, db_url)
+    print(f"server exit code {code}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
