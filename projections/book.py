@@ -93,22 +93,23 @@ class Book(Projection):
                 adjust(row["market"], row["side"], row["price"], -f["quantity"])
             elif kind == "OrderAmended":
                 totals[f["order_id"]] = f["quantity"]
-                row = self.orders.get((f["order_id"],))
-                if row is None:
+                resting = self.orders.get((f["order_id"],))
+                if resting is None:
                     continue
                 if f["priority"] == "kept":
-                    filled = row["quantity"] - row["remaining"]
+                    filled = resting["quantity"] - resting["remaining"]
                     remaining = f["quantity"] - filled
-                    adjust(row["market"], row["side"], row["price"], remaining - row["remaining"])
-                    self.orders.put({**row, "quantity": f["quantity"], "remaining": remaining})
+                    adjust(resting["market"], resting["side"], resting["price"],
+                           remaining - resting["remaining"])
+                    self.orders.put({**resting, "quantity": f["quantity"], "remaining": remaining})
                 else:  # it leaves the book; an OrderBooked follows if it rests again
-                    adjust(row["market"], row["side"], row["price"], -row["remaining"])
+                    adjust(resting["market"], resting["side"], resting["price"], -resting["remaining"])
                     self.orders.delete((f["order_id"],))
             elif kind == "OrderClosed":
-                row = self.orders.get((f["order_id"],))
-                if row is not None:
-                    if row["remaining"]:
-                        adjust(row["market"], row["side"], row["price"], -row["remaining"])
+                closing = self.orders.get((f["order_id"],))
+                if closing is not None:
+                    if closing["remaining"]:
+                        adjust(closing["market"], closing["side"], closing["price"], -closing["remaining"])
                     self.orders.delete((f["order_id"],))
             elif kind == "MarketListed":
                 self.listing(f)

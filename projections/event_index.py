@@ -33,11 +33,12 @@ class OutcomeIndex(Projection):
 
     def apply(self, o: RecordedOutcome) -> None:
         first = o.facts[0] if o.facts else None
-        rejected = first is not None and first["type"] in REJECTIONS
+        rejection = first if first is not None and first["type"] in REJECTIONS else None
+        rejected = rejection is not None
         self.rows.add(
             o.request_id, outcome_event_id(o.request_id), o.position, o.seq, o.request_position,
             o.actor, o.command, "rejected" if rejected else "accepted",
-            first["reason"] if rejected else None, first["message"] if rejected else None,
+            rejection["reason"] if rejection else None, rejection["message"] if rejection else None,
             json.dumps([f["type"] for f in o.facts], separators=(",", ":")), o.time,
         )
 

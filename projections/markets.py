@@ -41,10 +41,12 @@ class Markets(Projection):
                 row.update(status="trading", listed_at=o.time, updated_at=o.time, position=o.position)
                 self.markets.put(row)
             elif kind == "MarketStatusChanged":
-                row = self.markets.get((f["market"],))
-                if row is None:
+                listed = self.markets.get((f["market"],))
+                if listed is None:
                     raise LookupError(f"status change of unlisted market {f['market']!r}")
-                self.markets.put({**row, "status": f["status"], "updated_at": o.time, "position": o.position})
+                self.markets.put(
+                    {**listed, "status": f["status"], "updated_at": o.time, "position": o.position}
+                )
 
     def flush(self, tx: Tx) -> None:
         self.assets.flush(tx)

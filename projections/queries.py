@@ -168,7 +168,8 @@ def ledger(
     cursor: str | None = None,
 ) -> Page:
     limit = _limit(limit)
-    where, params = ["account = ?"], [user_id]
+    where: list[str] = ["account = ?"]
+    params: list[Any] = [user_id]
     if asset is not None:
         where.append("asset = ?")
         params.append(asset)
@@ -216,7 +217,8 @@ def withdrawal(store: ReadStore, withdrawal_id: str) -> Row | None:
 
 def withdrawals(store: ReadStore, user_id: str, limit: int = 100, cursor: str | None = None) -> Page:
     limit = _limit(limit)
-    where, params = ["user_id = ?"], [user_id]
+    where: list[str] = ["user_id = ?"]
+    params: list[Any] = [user_id]
     if cursor is not None:
         (created,) = _decode(cursor, 1)
         where.append("created_position < ?")
@@ -267,7 +269,8 @@ def orders(
     limit: int = 100, cursor: str | None = None,
 ) -> Page:
     limit = _limit(limit)
-    where, params = ["user_id = ?"], [user_id]
+    where: list[str] = ["user_id = ?"]
+    params: list[Any] = [user_id]
     if market is not None:
         where.append("market = ?")
         params.append(market)
@@ -302,7 +305,8 @@ def fills(
     limit: int = 100, cursor: str | None = None,
 ) -> Page:
     limit = _limit(limit)
-    where, params = ["user_id = ?"], [user_id]
+    where: list[str] = ["user_id = ?"]
+    params: list[Any] = [user_id]
     if market is not None:
         where.append("market = ?")
         params.append(market)
@@ -371,7 +375,8 @@ def book_updates(store: ReadStore, market: str, after_sequence: int, limit: int 
 
 def trades(store: ReadStore, market: str, limit: int = 100, cursor: str | None = None) -> Page:
     limit = _limit(limit)
-    where, params = ["market = ?"], [market]
+    where: list[str] = ["market = ?"]
+    params: list[Any] = [market]
     if cursor is not None:
         (trade_id,) = _decode(cursor, 1)
         where.append("trade_id < ?")
@@ -413,7 +418,8 @@ def candles(
         raise ValueError(f"interval must be one of {', '.join(PERIODS)}")
     limit = _limit(limit)
     lo, hi = _seconds(start), _seconds(end)
-    where, params = ["market = ?", "period = ?"], [market, interval]
+    where: list[str] = ["market = ?", "period = ?"]
+    params: list[Any] = [market, interval]
     if lo is not None:
         where.append("open_time >= ?")
         params.append(lo)

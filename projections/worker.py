@@ -49,7 +49,7 @@ def make_broker(url: str) -> Any:
     if url.startswith(("redis://", "rediss://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url)
+        return RedisBroker(url=url)  # type: ignore[no-untyped-call]
     raise ConfigError(f"SPOTEX_BROKER_URL must be amqp://… or redis://…, got {url!r}")
 
 
@@ -118,6 +118,8 @@ def declare_actors(
     state; a process that only sends messages (a scheduler, a test) passes none."""
     import dramatiq
 
+    actor: Any = dramatiq.actor  # its overloads do not type a plain function with options
+
     def ctx() -> WorkerContext:
         if context is None:
             raise RuntimeError("this process only sends projection messages")
@@ -130,11 +132,11 @@ def declare_actors(
         ctx().rebuild(name, token)
 
     return Actors(
-        catch_up=dramatiq.actor(
+        catch_up=actor(
             spotex_catch_up, broker=broker, queue_name=queue, actor_name="spotex_catch_up",
             max_retries=0, time_limit=15 * 60 * 1000,
         ),
-        rebuild=dramatiq.actor(
+        rebuild=actor(
             spotex_rebuild, broker=broker, queue_name=queue, actor_name="spotex_rebuild",
             max_retries=3, time_limit=24 * 3600 * 1000,
         ),
