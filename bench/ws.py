@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
                                  [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
+                                 [--api-procs 0] [--deflate]
 
 1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
    process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
    traders and seeds ten price levels a side.
 2. Opens ``--subscribers`` WebSocket connections on loopback from ``--procs`` client processes,
-   each subscribed to ``book`` and ``trades`` of BTC-USDT, and waits for every snapshot.
+   each subscribed to ``book`` and ``trades`` of BTC-USDT, and waits for every snapshot. With
+   ``--api-procs K`` (PostgreSQL), K more ``spotex api`` processes serve the same database and the
+   subscribers are spread evenly over all K + 1 processes (the fan-out scaling out).
 3. Flows orders at ``--rate`` per second for ``--seconds``: a resting limit order, then a market
    order that trades with the book, alternately on each side.
 4. Prints: messages delivered (all subscribers) per second; the delay of each trade message from
@@ -29,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._machine import print_machine  # noqa: E402
-from tests.e2e.conftest import Api, fund, ok, start_server, stop_server  # noqa: E402
+from tests.e2e.conftest import Api, free_port, fund, ok, start_server, stop_server  # noqa: E402
 
 MARKET = "BTC-USDT"
 
@@ -192,6 +196,8 @@ def main() -> int:
                         "and connection on both sides)")
     p.add_argument("--url", default="sqlite", help="'sqlite' or a PostgreSQL server URL (no database)")
     p.add_argument("--keep", action="store_true", help="keep the scratch PostgreSQL database")
+    p.add_argument("--api-procs", type=int, default=0,
+                   help="extra `spotex api` processes (PostgreSQL only) sharing the subscribers")
     args = p.parse_args()
     print_machine()
     print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -205,10 +211,33 @@ def main() -> int:
         from bench.api import drop_database, scratch_database
 
         db_url = scratch_database(args.url)
+    if args.api_procs and not db_url:
+        p.error("--api-procs needs PostgreSQL (--url postgresql://...)")
     tmp = tempfile.TemporaryDirectory()
     server = start_server(Path(tmp.name), {"SPOTEX_DATABASE_URL": db_url} if db_url else {})
     pid = server.proc.pid
+    apis: list[subprocess.Popen[bytes]] = []
     try:
+        urls = [server.url]
+        for _ in range(args.api_procs):
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+            env.update({"SPOTEX_DATABASE_URL": db_url or "", "SPOTEX_RATE_LIMITS": "off"})
+            apis.append(subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
+                                          "--port", str(port)], cwd=ROOT, env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls[1:]:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"spotex api at {url} did not start")
+                time.sleep(0.2)
         anon = Api(server.url)
         admin = anon.login("admin", "admin")
         for symbol, precision in (("BTC", 8), ("USDT", 6)):
@@ -227,18 +256,21 @@ def main() -> int:
                     "market": MARKET, "side": side, "type": "limit",
                     "price": f"{100 + sign * (0.30 + level / 100):.2f}", "quantity": "100.0000"}))
         time.sleep(1)
-        rss_idle = rss_kib(pid)
+        pids = [pid] + [a.pid for a in apis]
+        rss_idle = sum(rss_kib(x) for x in pids)
 
         ctx = mp.get_context("spawn")
         start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
         readies, procs = [], []
-        shares = [args.subscribers // args.procs + (1 if i < args.subscribers % args.procs else 0)
-                  for i in range(args.procs)]
+        # one client process per (server, share): each connects to one server
+        groups = max(args.procs, len(urls))
+        shares = [args.subscribers // groups + (1 if i < args.subscribers % groups else 0)
+                  for i in range(groups)]
         t0 = time.monotonic()
-        for share in shares:
+        for i, share in enumerate(shares):
             ready = ctx.Event()
             proc = ctx.Process(target=subscriber_process,
-                               args=(server.url, share, ready, start, stop, results, args.deflate))
+                               args=(urls[i % len(urls)], share, ready, start, stop, results, args.deflate))
             proc.start()
             readies.append(ready)
             procs.append(proc)
@@ -247,21 +279,21 @@ def main() -> int:
                 raise RuntimeError("the subscribers did not all get their snapshots in 300 s")
         connect_s = time.monotonic() - t0
         time.sleep(2)
-        rss_subscribed = rss_kib(pid)
+        rss_subscribed = sum(rss_kib(x) for x in pids)
         per_conn = (rss_subscribed - rss_idle) / args.subscribers
         print(f"connected and subscribed {args.subscribers} in {connect_s:.1f} s; server RSS "
               f"{rss_idle / 1024:.0f} MiB before, {rss_subscribed / 1024:.0f} MiB after: "
               f"{per_conn:.1f} KiB per connection", flush=True)
 
         tokens = [t.token or "" for t in traders]
-        cpu0, w0 = cpu_seconds(pid), time.monotonic()
+        cpu0, w0 = sum(cpu_seconds(x) for x in pids), time.monotonic()
         start.set()
         sent, errors = asyncio.run(order_flow(server.url, tokens, args.rate, args.seconds))
         time.sleep(2)  # the last messages
         stop.set()
         window = time.monotonic() - w0
-        cpu = cpu_seconds(pid) - cpu0
-        rss_peak = rss_kib(pid)
+        cpu = sum(cpu_seconds(x) for x in pids) - cpu0
+        rss_peak = sum(rss_kib(x) for x in pids)
         totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
         delays: list[float] = []
         for _ in procs:
@@ -281,11 +313,15 @@ def main() -> int:
         print(f"delay request → delivery (trades, every subscriber): p50 {pct[50]:.1f} ms  "
               f"p90 {pct[90]:.1f} ms  p99 {pct[99]:.1f} ms  max {pct[100]:.1f} ms", flush=True)
         print(f"book gaps {totals['gaps']}, dropped as slow {totals['dropped']}, other closes "
-              f"{totals['closed']}; server CPU {cpu / window * 100:.0f}% of one core during the flow, "
+              f"{totals['closed']}; server CPU {cpu / window * 100:.0f}% of one core during the flow "
+              f"({len(pids)} process{'es' if len(pids) > 1 else ''}), "
               f"RSS at the end {rss_peak / 1024:.0f} MiB", flush=True)
         print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
               flush=True)
     finally:
+        for a in apis:
+            a.terminate()
+            a.wait(timeout=30)
         code = stop_server(server)
         tmp.cleanup()
         if db_url and not args.keep:
