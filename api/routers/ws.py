@@ -34,8 +34,9 @@ import jwt
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from api.channels import CHANNELS, Key, UnknownMarket, dumps
 from api.security import InvalidToken, Principal, decode_token
-from api.streams import CHANNELS, Hub, Key, UnknownMarket, dumps
+from api.streams import Hub
 from projections.candles import PERIODS
 
 router = APIRouter()
