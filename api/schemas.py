@@ -369,7 +369,7 @@ class Preferences(BaseModel):
 
 class PreferencesUpdate(Body):
     kinds: list[NotificationKind] = Field(max_length=20)
-    channels: list[Literal["ws", "email"]] = Field(max_length=5)
+    channels: list[Literal["ws", "email", "webhook", "sms", "push"]] = Field(max_length=5)
 
 
 # -- operations -----------------------------------------------------------------------------

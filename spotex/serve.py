@@ -191,8 +191,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     if maker is not None:
         maker.start()
 
+    # No per-message deflate on WebSockets: it doubles memory per connection and costs CPU on
+    # every broadcast frame (bench/ws.py; docs/performance.md).
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", ws_per_message_deflate=False)
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM while it runs and re-raises them to the handlers it found
     # when it stops: make those ours, so the drain below runs instead of a KeyboardInterrupt.
@@ -275,5 +277,5 @@ def run_api_process(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run("spotex.serve:api_app", factory=True, host=args.host, port=args.port,
                 workers=max(1, int(getattr(args, "workers", 1))), log_level="info",
-                access_log=False)
+                access_log=False, ws_per_message_deflate=False)
     return 0
