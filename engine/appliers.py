@@ -47,10 +47,6 @@ def _market_status_changed(ex: Exchange, f: Fact) -> None:
     ex.status[f["market"]] = f["status"]
 
 
-def _postings_only(ex: Exchange, f: Fact) -> None:
-    ex.ledger.apply(f["postings"])
-
-
 def _keyed(ex: Exchange, f: Fact, kind: str, user_field: str) -> None:
     ex.keys[f"{kind}:{f[user_field]}:{f['reference']}"] = None
     ex.ledger.apply(f["postings"])
