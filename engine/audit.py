@@ -22,6 +22,12 @@ processes can share the work; ``merge_reports`` joins their figures):
 
 Every violation names its log, its position there, the outcome seq being audited and the event;
 they come in the order found, so the first one names the first position affected.
+
+At a stored snapshot the auditor's own folds must also equal what the snapshot holds
+(``engine.audit_seed.fold_differences``, a ``snapshot_mismatch``). That is what lets a run start
+at a proven snapshot (``start``) with its folds seeded from it, and the log be audited in
+segments on several processes (``spotex.audit_cli``) with the same findings as one run from
+position 0.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 from engine.audit_book import BookCheck
 from engine.audit_ledger import LedgerCheck
 from engine.audit_reexec import Reexecution
+from engine.audit_seed import fold_differences, seeded
 from engine.exchange import RequestRecord
 from engine.log import GENESIS_HASH, RecordedOutcome, outcome_hash
 
@@ -115,7 +122,15 @@ class Audit:
         snapshots: Mapping[int, Mapping[str, Any]] | None = None,
         progress: Progress | None = None,
         progress_every: int = 100_000,
+        start: Mapping[str, Any] | None = None,
+        known_ids: Iterable[str] = (),
+        final: bool = True,
     ) -> None:
+        """``start``: a stored snapshot record (seq, exchange_position, request_position,
+        last_hash, state) already proven by the audit up to it, to begin after instead of at
+        position 0; ``known_ids``: the ids applied before it that the snapshot does not hold;
+        ``final``: this run reaches the end of what is audited (tracking position, leftover
+        snapshots, the engine's invariants are checked at its end)."""
         self.parts = frozenset(parts)
         unknown = self.parts - set(PARTS)
         if unknown:
@@ -123,6 +138,7 @@ class Audit:
         self.tracked_position = tracked_position
         self.snapshots = snapshots or {}
         self.progress, self.progress_every = progress, progress_every
+        self.start, self.final = start, final
         self.ledger = LedgerCheck()
         self.book = BookCheck()
         self.reexec: Reexecution | None = None
@@ -132,6 +148,13 @@ class Audit:
         self.last_seq = 0
         self.last_hash = GENESIS_HASH
         self.last_request_position = 0
+        if start is not None:
+            self.last_seq, self.last_hash = start["seq"], start["last_hash"]
+            self.last_position = start["exchange_position"]
+            self.last_request_position = start["request_position"]
+            self.ledger, self.book = seeded(start["state"])
+        self.ledger.ids.update(known_ids)
+        self.seeded_ids = frozenset(self.ledger.ids)
         self.violations = 0
         self.first_violation: AuditViolation | None = None
 
@@ -141,7 +164,7 @@ class Audit:
         outcomes: Iterable[RecordedOutcome | Unreadable],
     ) -> Iterator[AuditViolation]:
         if "reexecute" in self.parts:
-            self.reexec = Reexecution(iter(requests), self.snapshots)
+            self.reexec = Reexecution(iter(requests), self.snapshots, self.start)
         for o in outcomes:
             found: list[AuditViolation] = []
             if isinstance(o, Unreadable):
@@ -163,7 +186,13 @@ class Audit:
                 self.progress(self.outcomes, o.position)
         if self.reexec is not None:
             found = []
-            self.reexec.finish(self.tracked_position, self.last_request_position, self._reporter(None, found))
+            self.reexec.finish(
+                self.tracked_position,
+                self.last_request_position,
+                self._reporter(None, found),
+                last_seq=self.last_seq,
+                final=self.final,
+            )
             yield from self._record(found)
 
     def _record(self, found: list[AuditViolation]) -> Iterator[AuditViolation]:
@@ -206,6 +235,33 @@ class Audit:
                 v(code, message)
         if self.reexec is not None:
             self.reexec.check_snapshot(o, v)
+        snap = self.snapshots.get(o.seq)
+        if snap is not None and ("ledger" in self.parts or "book" in self.parts):
+            self._check_folds(o.seq, snap, v)
+
+    def _check_folds(self, seq: int, snap: Mapping[str, Any], v: Callable[..., None]) -> None:
+        state = snap.get("state")
+        differ = (
+            fold_differences(
+                self.ledger if "ledger" in self.parts else None,
+                self.book if "book" in self.parts else None,
+                state,
+            )
+            if isinstance(state, dict)
+            else ["state"]
+        )
+        if differ:
+            v(
+                "snapshot_mismatch",
+                f"the snapshot at seq {seq} differs from the auditor's own folds in {', '.join(differ)}",
+                log="snapshots",
+                position=seq,
+                event_id=None,
+            )
+
+    def new_ids(self) -> set[str]:
+        """The order, deposit, withdrawal and transfer ids first applied in this run."""
+        return self.ledger.ids.difference(self.seeded_ids)
 
     def _chain(self, o: RecordedOutcome, v: Callable[..., None]) -> None:
         expected = self.last_seq + 1

@@ -38,14 +38,21 @@ MAX_SKIPPED = 10_000  # facts of passed-over requests kept to compare with a lat
 
 
 class Reexecution:
-    def __init__(self, requests: Iterator[Any], snapshots: Mapping[int, Mapping[str, Any]]) -> None:
-        self.engine = Exchange()
+    def __init__(
+        self,
+        requests: Iterator[Any],
+        snapshots: Mapping[int, Mapping[str, Any]],
+        start: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``start``: a proven snapshot record to continue from (see ``engine.audit_seed``);
+        ``requests`` then begin after its request position."""
+        self.engine = Exchange() if start is None else Exchange.from_state(start["state"])
         self.reqs = requests
         self.pending = next(requests, None)
         self.snapshots = dict(snapshots)
         self.executed = self.snapshots_checked = 0
         self.skipped: dict[int, list[Fact] | None] = {}
-        self.answered = 0  # the last request position consumed in its turn
+        self.answered = 0 if start is None else start["request_position"]  # the last consumed in its turn
 
     def _next(self) -> None:
         self.pending = next(self.reqs, None)
@@ -171,7 +178,18 @@ class Reexecution:
                 event_id=None,
             )
 
-    def finish(self, tracked: int | None, last_request_position: int, v: Report) -> None:
+    def finish(
+        self,
+        tracked: int | None,
+        last_request_position: int,
+        v: Report,
+        *,
+        last_seq: int | None = None,
+        final: bool = True,
+    ) -> None:
+        """At the end of the run: requests up to ``tracked`` answered, no snapshot left
+        unchecked (past ``last_seq``, on a partial audit, they are not audited), the engine's
+        invariants; a run that is not ``final`` ends at a snapshot and checks that it met it."""
         if tracked is not None:
             while self.pending is not None and self.pending.position <= tracked:
                 self.skip(self.pending, v)
@@ -183,6 +201,8 @@ class Reexecution:
                     f"answered, {last_request_position}",
                 )
         for seq in sorted(self.snapshots):
+            if final and tracked is None and last_seq is not None and seq > last_seq:
+                continue  # beyond the part of the log audited (--until)
             v(
                 "snapshot_mismatch",
                 f"a snapshot at seq {seq} has no outcome with that seq",
@@ -190,6 +210,8 @@ class Reexecution:
                 position=seq,
                 event_id=None,
             )
+        if not final:
+            return
         for bad in self.engine.check_invariants():
             v("engine_invariant", f"{bad.code} {bad.subject}: {bad.message}")
 

@@ -3,8 +3,8 @@
 The stores are opened with ``create_tables=False`` (and SQLite files in ``mode=ro``); nothing
 here writes. Pages of stored events are read through the recorders (a thread fetches the next
 page while this one is audited) and decoded by ``engine.audit_decode``; the checks are
-``engine.audit``; replayed state is ``engine.audit_replay``. On large logs the audit runs in two
-processes (see ``PARALLEL_FROM``).
+``engine.audit``; replayed state is ``engine.audit_replay``. The audit runs in segments between
+the stored snapshots, on as many processes as there are CPUs (``--jobs``; see ``run_segments``).
 Progress goes to stderr; the report to stdout. Exit 0 when clean, 1 with violations, 2 when the
 stores cannot be read.
 """
@@ -12,6 +12,7 @@ stores cannot be read.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -21,15 +22,17 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from domain.amounts import format_units
-from engine.audit import Audit, AuditViolation, Unreadable, merge_reports
-from engine.audit_decode import decode_outcome, decode_request
+from engine.audit import Audit, AuditViolation, Unreadable
+from engine.audit_decode import decode_outcome, decode_request, decode_snapshot
 from engine.audit_replay import ReplayError, fold, render_state
 from engine.exchange import Exchange, RequestRecord
 from engine.log import SNAPSHOT_STREAM_ID, Logs, RecordedOutcome
@@ -62,7 +65,7 @@ def open_logs(settings: Settings) -> Logs:
         raise StoreError(f"cannot open the logs: {exc}") from exc
 
 
-def _pages(fetch: Callable[[int], Sequence[Any]]) -> Iterator[Any]:
+def _pages(fetch: Callable[[int], Sequence[Any]], after: int = 0) -> Iterator[Any]:
     """Notifications page after page, the next page fetched in a thread while this one is used;
     the thread stops when the pages run out or the consumer stops early."""
     pages: queue.Queue[Sequence[Any] | BaseException] = queue.Queue(maxsize=2)
@@ -77,7 +80,7 @@ def _pages(fetch: Callable[[int], Sequence[Any]]) -> Iterator[Any]:
                 continue
 
     def reader() -> None:
-        after = 0
+        nonlocal after
         try:
             while not stop.is_set():
                 page = fetch(after)
@@ -103,19 +106,23 @@ def _pages(fetch: Callable[[int], Sequence[Any]]) -> Iterator[Any]:
 
 
 def iter_outcomes(
-    logs: Logs, until: int | None = None, slice_facts: bool = True
+    logs: Logs, until: int | None = None, slice_facts: bool = True, after: int = 0
 ) -> Iterator[RecordedOutcome | Unreadable]:
-    fetch = lambda after: logs.exchange.select_notifications(  # noqa: E731
-        start=after, limit=PAGE, stop=until, inclusive_of_start=False
+    """Outcomes after position ``after`` up to ``until`` (inclusive), decoded."""
+    fetch = lambda a: logs.exchange.select_notifications(  # noqa: E731
+        start=a, limit=PAGE, stop=until, inclusive_of_start=False
     )
-    return (decode_outcome(n, slice_facts) for n in _pages(fetch))
+    return (decode_outcome(n, slice_facts) for n in _pages(fetch, after))
 
 
-def iter_requests(logs: Logs) -> Iterator[RequestRecord | Unreadable]:
-    fetch = lambda after: logs.requests.select_notifications(  # noqa: E731
-        start=after, limit=PAGE, inclusive_of_start=False
+def iter_requests(
+    logs: Logs, after: int = 0, stop: int | None = None
+) -> Iterator[RequestRecord | Unreadable]:
+    """Requests after position ``after`` up to ``stop`` (inclusive), decoded."""
+    fetch = lambda a: logs.requests.select_notifications(  # noqa: E731
+        start=a, limit=PAGE, stop=stop, inclusive_of_start=False
     )
-    return (decode_request(n) for n in _pages(fetch))
+    return (decode_request(n) for n in _pages(fetch, after))
 
 
 def read_snapshots(logs: Logs) -> tuple[dict[int, dict[str, Any]], list[AuditViolation]]:
@@ -128,7 +135,7 @@ def read_snapshots(logs: Logs) -> tuple[dict[int, dict[str, Any]], list[AuditVio
             body = zlib.decompress(packed)
             if hashlib.sha256(body).hexdigest().encode() != checksum:
                 raise ValueError("checksum mismatch")
-            good[stored.originator_version] = json.loads(body)
+            good[stored.originator_version] = decode_snapshot(body)
         except Exception as exc:
             bad.append(
                 AuditViolation(
@@ -144,23 +151,66 @@ def read_snapshots(logs: Logs) -> tuple[dict[int, dict[str, Any]], list[AuditVio
 
 # -- spotex audit -------------------------------------------------------------------------------
 
-# On a log of at least PARALLEL_FROM outcomes and a machine with two or more CPUs, re-execution
-# runs in this process and the chain, ledger and book checks in a second one; each reads the
-# stores itself, so nothing but the findings crosses between them.
-PARALLEL_FROM = 20_000
-SPLIT = (("reexecute",), ("chain", "ledger", "book"))
+# The stored snapshots cut the log into segments; each is audited on its own process, starting
+# from the snapshot at its start (its re-executing engine, ledger and book seeded from it) and
+# required to end exactly at the snapshot at its end (``engine.audit_seed``). A segment that
+# ends clean has proven that snapshot, so the next segment starts from proven state: by
+# induction every segment is proven from position 0. The first segment that is not clean, and
+# everything after it, is audited again in one run from the snapshot at its start, so the
+# findings are those of one run from position 0, in its order.
 CHAIN_CODES = frozenset({"seq_gap", "seq_order", "chain_break", "hash_mismatch", "request_order"})
-MAX_FOUND = 100_000  # findings kept per process; the count goes on
+MAX_FOUND = 100_000  # findings kept per run; the count goes on
 
 
-def audit_parts(
-    parts: tuple[str, ...],
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Outcomes after ``start`` (a snapshot record, None: position 0) up to ``end`` (None: to
+    the end of what is audited), with the stored snapshots whose seq falls in it."""
+
+    start: dict[str, Any] | None
+    end: dict[str, Any] | None
+    snapshots: dict[int, dict[str, Any]]
+
+
+def plan_segments(snapshots: dict[int, dict[str, Any]], size: int) -> list[Segment]:
+    """Segments between snapshots whose seq, exchange and request positions all increase and
+    lie inside the audited positions; any other snapshot is only checked where its seq falls."""
+    bounds: list[dict[str, Any]] = []
+    last = (0, 0, 0)
+    for seq in sorted(snapshots):
+        snap = snapshots[seq]
+        ep, rp = snap.get("exchange_position"), snap.get("request_position")
+        if not (type(ep) is int and type(rp) is int):
+            continue
+        key = (seq, ep, rp)
+        if (
+            snap.get("seq") == seq
+            and isinstance(snap.get("last_hash"), str)
+            and isinstance(snap.get("state"), dict)
+            and all(a > b for a, b in zip(key, last, strict=True))
+            and key[1] < size
+        ):
+            bounds.append(snap)
+            last = key
+    out: list[Segment] = []
+    for i, end in enumerate([*bounds, None]):
+        start = bounds[i - 1] if i else None
+        low = start["seq"] if start else 0
+        high = end["seq"] if end else None
+        inside = {q: s for q, s in snapshots.items() if q > low and (high is None or q <= high)}
+        out.append(Segment(start, end, inside))
+    return out
+
+
+def audit_segment(
+    segment: Segment,
     until: int | None,
     tracked: int | None,
-    snapshots: dict[int, dict[str, Any]] | None,
+    known_ids: str = "",
     label: str = "audit",
-) -> tuple[list[AuditViolation], dict[str, Any]]:
-    """Run some parts of the audit over the stores of this process's configuration."""
+) -> tuple[list[AuditViolation], dict[str, Any], str]:
+    """Audit one segment over the stores of this process's configuration: its findings (at most
+    MAX_FOUND), its report, and the ids first applied in it (one per line)."""
     logs = open_logs(Settings.from_env())
     started = time.perf_counter()
 
@@ -171,26 +221,82 @@ def audit_parts(
             file=sys.stderr,
         )
 
+    start, end = segment.start, segment.end
     run = Audit(
-        parts=parts, tracked_position=tracked, snapshots=snapshots, progress=progress, progress_every=50_000
+        tracked_position=tracked if end is None else None,
+        snapshots=segment.snapshots,
+        progress=progress,
+        progress_every=50_000,
+        start=start,
+        known_ids=known_ids.split("\n") if known_ids else (),
+        final=end is None,
     )
-    requests = iter_requests(logs) if "reexecute" in parts else iter(())
+    requests = iter_requests(
+        logs, after=start["request_position"] if start else 0, stop=end["request_position"] if end else None
+    )
+    outcomes = iter_outcomes(
+        logs, end["exchange_position"] if end else until, after=start["exchange_position"] if start else 0
+    )
     found: list[AuditViolation] = []
-    for v in run.run(requests, iter_outcomes(logs, until, slice_facts="chain" in parts)):
+    gc.freeze()  # what the run keeps is long-lived and acyclic: spare the collector rescanning it
+    for v in run.run(requests, outcomes):
         if len(found) < MAX_FOUND:
             found.append(v)
     report = run.report()
-    report["seconds"] = {"+".join(parts): round(time.perf_counter() - started, 3)}
-    return found, report
+    report["seconds"] = {label: round(time.perf_counter() - started, 3)}
+    return found, report, "\n".join(run.new_ids())
 
 
-def _order(found: list[AuditViolation], rank: int) -> list[tuple[tuple[int, int, int, int], AuditViolation]]:
-    """Sort keys that put findings of two processes in the order one process finds them."""
-    inf = 1 << 62
-    return [
-        ((inf if v.seq is None else v.seq, 0 if v.code in CHAIN_CODES else rank, 0, i), v)
-        for i, v in enumerate(found)
-    ]
+def merge_segments(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from the reports of consecutive segments: counts add up, the state at the
+    end is the last segment's (its folds were seeded with everything before)."""
+    merged = dict(reports[-1])
+    for key in ("outcomes", "requests", "snapshots_checked", "violations"):
+        merged[key] = sum(r[key] for r in reports)
+    facts: Counter[str] = Counter()
+    for r in reports:
+        facts.update(r["facts"])
+    merged["facts"] = dict(sorted(facts.items()))
+    merged["first_position"] = next((r["first_position"] for r in reports if r["first_position"]), None)
+    merged["seconds"] = {k: v for r in reports for k, v in r["seconds"].items()}
+    return merged
+
+
+def run_segments(
+    segments: list[Segment], until: int | None, tracked: int | None, jobs: int
+) -> tuple[list[AuditViolation], dict[str, Any]]:
+    """The segments on ``jobs`` processes; from the first one that is not clean (a finding, or
+    an id applied in an earlier segment too) one run in this process to the end."""
+    n = len(segments)
+    reports: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    dirty = 0 if jobs < 2 or n < 2 else None
+    if dirty is None:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx)
+        try:
+            futures = [
+                pool.submit(audit_segment, seg, until, tracked, "", f"audit[segment {i + 1}/{n}]")
+                for i, seg in enumerate(segments)
+            ]
+            for i, future in enumerate(futures):
+                found, report, ids = future.result()
+                new = ids.split("\n") if ids else []
+                if found or not seen.isdisjoint(new):
+                    dirty = i
+                    break
+                seen.update(new)
+                reports.append(report)
+        finally:
+            pool.shutdown(wait=dirty is None, cancel_futures=True)
+    if dirty is None:
+        return [], merge_segments(reports)
+    tail = Segment(
+        segments[dirty].start, None, {q: s for seg in segments[dirty:] for q, s in seg.snapshots.items()}
+    )
+    label = "audit" if dirty == 0 else f"audit[from segment {dirty + 1}/{n}]"
+    found, report, _ = audit_segment(tail, until, tracked, "\n".join(seen), label)
+    return found, merge_segments([*reports, report])
 
 
 def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -204,29 +310,18 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
         return 2
-    kept: list[AuditViolation] = []  # the parts' findings, at most MAX_FOUND per process
     started = time.perf_counter()
     size = min(last, args.until) if args.until is not None else last
+    jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
+    segments = plan_segments(snapshots, size)
     try:
-        if size >= PARALLEL_FROM and (os.cpu_count() or 1) >= 2:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                checks = pool.submit(audit_parts, SPLIT[1], args.until, tracked, None, "audit[checks]")
-                found_a, report_a = audit_parts(
-                    SPLIT[0], args.until, tracked, snapshots, "audit[re-execution]"
-                )
-                found_b, report_b = checks.result()
-            merged = sorted(_order(found_a, 1) + _order(found_b, 2), key=lambda kv: kv[0])
-            kept = [v for _, v in merged]
-            report = merge_reports([report_b, report_a])
-            report["seconds"] = {**report_a["seconds"], **report_b["seconds"]}
-        else:
-            kept, report = audit_parts(SPLIT[0] + SPLIT[1], args.until, tracked, snapshots)
+        kept, report = run_segments(segments, args.until, tracked, jobs)
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
         return 2
     seconds = time.perf_counter() - started
     report["seconds"]["total"] = round(seconds, 3)
+    report["jobs"], report["segments"] = min(jobs, len(segments)), len(segments)
     # Requests after the engine's tracking position are not consumed yet: pending, not missing.
     report["engine_tracking_position"], report["requests_log_head"] = engine_position, requests_head
     found += kept

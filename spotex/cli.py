@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="replay from position 0, re-execute, check everything")
     audit.add_argument("--until", type=int, metavar="POSITION")
     audit.add_argument("--json", action="store_true")
+    audit.add_argument("--jobs", type=int, metavar="N", help="processes for the segments (default: CPUs)")
 
     replay = sub.add_parser("replay", help="balances and book as of a position or time")
     replay.add_argument("--at", required=True, metavar="POSITION|TIME")

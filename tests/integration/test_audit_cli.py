@@ -153,6 +153,9 @@ class Flow:
             self.orders.append((oid, uid))
 
 
+SNAPSHOT_EVERY = 40  # the recorded flow's 130 outcomes make four segments (snapshots 40, 80, 120)
+
+
 def record(settings: Settings, count: int = 120) -> list[tuple[int, str, dict[str, Any], str]]:
     """Record a flow; per outcome: (position, time, live rendered state, live state hash)."""
     logs = build_logs(settings, create_tables=True)
@@ -160,7 +163,7 @@ def record(settings: Settings, count: int = 120) -> list[tuple[int, str, dict[st
     flow.setup()
     for i in range(count):
         flow.one(i)
-    seq = Sequencer(logs, batch_size=1)
+    seq = Sequencer(logs, batch_size=1, snapshot_every=SNAPSHOT_EVERY)
     live = []
     while seq.step():
         live.append(
@@ -312,26 +315,61 @@ def test_the_untouched_log_is_clean(
     assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == before  # read-only
 
 
-def test_the_audit_split_over_two_processes_agrees(
-    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def tamper(store: Store, live: list[Any], how: str) -> None:
+    """One stored event changed, deleted or two swapped, by SQL."""
+    if how == "outcome changed":
+        position = trade_position(store, live)
+        state = store.state("exchange", position)
+        state["facts"][-1]["type"] = "OrderRejected"
+        store.set_state("exchange", position, state)
+    elif how.startswith("outcome deleted"):
+        with store.sql("exchange") as run:
+            run("DELETE FROM {t} WHERE {p} = ?", live[int(how.rsplit(" ", 1)[1])][0])
+    elif how == "outcomes swapped":
+        a, b = live[90][0], live[91][0]
+        state_a, state_b = store.state("exchange", a), store.state("exchange", b)
+        store.set_state("exchange", a, state_b)
+        store.set_state("exchange", b, state_a)
+    elif how == "request deleted":
+        with store.sql("requests") as run:
+            run("DELETE FROM {t} WHERE {p} = ?", 100)
+    elif how == "snapshot changed":
+        with store.sql("exchange") as run:  # the snapshots live beside the exchange log
+            table = "stored_snapshots" if store.kind == "sqlite" else "exchange_snapshots"
+            run(f"UPDATE {table} SET state = ? WHERE originator_version = ?", b"x\nnot zlib", 80)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "untouched",
+        "outcome changed",
+        "outcome deleted 39",  # the outcome at the first snapshot
+        "outcome deleted 100",
+        "outcomes swapped",
+        "request deleted",
+        "snapshot changed",
+    ],
+)
+def test_the_audit_in_segments_finds_what_one_run_finds(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     store, live = recorded
-    _, alone = run_audit(capsys)
-    monkeypatch.setattr(audit_cli, "PARALLEL_FROM", 0)
-    code, split = run_audit(capsys)
-    assert code == 0
-    assert {k: split[k] for k in ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests")} == {
-        k: alone[k] for k in ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests")
-    }
-    position = trade_position(store, live)
-    state = store.state("exchange", position)
-    state["facts"][-1]["type"] = "OrderRejected"
-    store.set_state("exchange", position, state)
-    code, split = run_audit(capsys)
-    monkeypatch.setattr(audit_cli, "PARALLEL_FROM", 10**9)
-    _, alone = run_audit(capsys)
-    assert code == 1 and split["first_violation"] == alone["first_violation"]
-    assert split["first_violation"]["position"] == position
+    tamper(store, live, how)
+    code, alone = run_audit(capsys, "--jobs", "1")
+    assert (alone["jobs"], alone["segments"]) == (1, 4 if how != "snapshot changed" else 3)
+    code_split, split = run_audit(capsys, "--jobs", "2")
+    assert split["jobs"] == 2
+    assert code == code_split == (0 if how == "untouched" else 1)
+    keys = ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests", "violations")
+    keys += ("snapshots_checked", "first_violation", "violation_list", "first_position", "last_position")
+    assert {k: split[k] for k in keys} == {k: alone[k] for k in keys}
+    if how == "untouched":  # each segment on its own, none audited again
+        assert split["snapshots_checked"] == 3
+        assert set(split["seconds"]) == {*(f"audit[segment {i}/4]" for i in range(1, 5)), "total"}
+    if how == "outcome deleted 100":  # segments 1 and 2 stand; from 3 on, one run
+        runs = {"audit[segment 1/4]", "audit[segment 2/4]", "audit[from segment 3/4]", "total"}
+        assert set(split["seconds"]) == runs
 
 
 @pytest.mark.parametrize("how", ["rewritten", "bytes"])

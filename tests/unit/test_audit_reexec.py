@@ -292,7 +292,74 @@ def test_a_snapshot_must_equal_the_reexecuted_state() -> None:
     bad = copy.deepcopy(snap)
     bad["state"]["balances"][0][2] += 1
     found = audit(requests, outcomes, snapshots={12: bad})
-    assert [(v.log, v.position, v.code) for v in found] == [("snapshots", 12, "snapshot_mismatch")]
+    # re-execution's state differs from it, and so do the auditor's own folds
+    assert [(v.log, v.position, v.code) for v in found] == [("snapshots", 12, "snapshot_mismatch")] * 2
+    assert "re-executed state in state" in found[0].message and "folds in balances" in found[1].message
+    found = audit([], outcomes, snapshots={12: bad}, parts=("ledger", "book"))
+    assert [(v.position, v.code) for v in found] == [(12, "snapshot_mismatch")]
+
+
+def snapshot_at(requests: list[RequestRecord], outcomes: list[RecordedOutcome], seq: int) -> dict[str, Any]:
+    ex = Exchange()
+    for r in requests[:seq]:
+        ex.execute(r)
+    o = outcomes[seq - 1]
+    return {
+        "seq": seq,
+        "exchange_position": o.position,
+        "request_position": o.request_position,
+        "last_hash": o.hash,
+        "state": ex.to_state(),
+    }
+
+
+def in_two_segments(
+    requests: list[Any], outcomes: list[Any], seq: int, snap: dict[str, Any]
+) -> tuple[list[AuditViolation], list[AuditViolation], dict[str, Any]]:
+    """The audit cut at the snapshot of ``seq``: the first segment ends at it, the second starts
+    from it with the first one's ids."""
+    first = Audit(snapshots={seq: snap}, final=False)
+    found_a = list(first.run(requests[:seq], outcomes[:seq]))
+    second = Audit(start=snap, known_ids=first.new_ids())
+    found_b = list(second.run(requests[seq:], outcomes[seq:]))
+    return found_a, found_b, second.report()
+
+
+@pytest.mark.parametrize("tamper", ["none", "fact", "request", "removed"])
+def test_an_audit_started_at_a_proven_snapshot_finds_what_one_from_position_0_finds(tamper: str) -> None:
+    requests, outcomes = flow(), record(flow())
+    snap = snapshot_at(requests, outcomes, 12)
+    i = trade_index(outcomes[12:]) + 12
+    if tamper == "fact":
+        trade = next(f for f in outcomes[i].facts if f["type"] == "TradeExecuted")
+        trade["quote_amount"] += 1
+    elif tamper == "request":
+        requests[i] = replace(requests[i], command={**requests[i].command, "quantity": "0.2"})
+    elif tamper == "removed":
+        del outcomes[i]
+    whole = Audit(snapshots={12: snap})
+    expected = list(whole.run(requests, outcomes))
+    found_a, found_b, report = in_two_segments(requests, outcomes, 12, snap)
+    assert found_a == [] and found_b == expected
+    assert (tamper == "none") == (expected == [])
+    full = whole.report()
+    for key in ("state_hash", "head_hash", "assets", "last_seq", "last_position"):
+        assert report[key] == full[key], key
+
+
+def test_an_id_applied_before_the_snapshot_is_a_duplicate_after_it() -> None:
+    requests, outcomes = flow(), record(flow())
+    snap = snapshot_at(requests, outcomes, 12)
+    deposit = next(o for o in outcomes if o.facts[0]["type"] == "Deposited")
+    again = replace(deposit, position=outcomes[-1].position + 1, seq=outcomes[-1].seq + 1)
+    first = Audit(snapshots={12: snap}, parts=("ledger", "book"), final=False)
+    assert list(first.run([], outcomes[:12])) == []
+    assert deposit.facts[0]["deposit_id"] in first.new_ids()
+    for known, want in ((first.new_ids(), True), (set(), False)):
+        second = Audit(start=snap, known_ids=known, parts=("ledger", "book"))
+        found = list(second.run([], [*outcomes[12:], again]))
+        assert ("duplicate_id" in codes(found)) is want
+        assert "duplicate_key" in codes(found)  # the reference is in the snapshot's keys
 
 
 @pytest.mark.parametrize("parts", [("chain",), ("reexecute",), ("ledger", "book")])
