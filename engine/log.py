@@ -270,6 +270,61 @@ class Logs:
         assert ids, "the recorder must return the notification id"
         return Appended(request_id, ids[0], True)
 
+    def append_requests(
+        self, items: Sequence[tuple[UUID, str | None, dict[str, Any], datetime]]
+    ) -> list[Appended | RequestConflict]:
+        """Append several requests in one transaction (group commit); one result per item.
+
+        The same rules as ``append_request`` item by item, in order: a second item with an id
+        already in the batch is an idempotent retry of the first (or a conflict), and when any
+        id is already in the log (a retry of an earlier request, or another api process racing
+        for the same key), the batch falls back to appending the items one at a time, so each
+        gets exactly the answer it would get alone.
+        """
+        if not items:
+            return []
+        first: dict[UUID, int] = {}
+        fresh: list[int] = []
+        for i, (request_id, _, _, _) in enumerate(items):
+            if request_id not in first:
+                first[request_id] = i
+                fresh.append(i)
+        events = [
+            self.mapper.to_stored_event(
+                Request(  # type: ignore[call-arg]
+                    originator_id=items[i][0], originator_version=1, timestamp=items[i][3],
+                    actor=items[i][1], command=items[i][2],
+                )
+            )
+            for i in fresh
+        ]
+        try:
+            ids = self.requests.insert_events(events)
+        except IntegrityError:
+            return [self._append_or_conflict(*item) for item in items]
+        assert ids is not None and len(ids) == len(events), "the recorder must return the notification ids"
+        results: list[Appended | RequestConflict] = [Appended(items[0][0], 0, True)] * len(items)
+        for i, position in zip(fresh, ids, strict=True):
+            results[i] = Appended(items[i][0], position, True)
+        for i, (request_id, actor, command, _) in enumerate(items):
+            j = first[request_id]
+            if j != i:
+                original = results[j]
+                assert isinstance(original, Appended)
+                if items[j][1] != actor or items[j][2] != command:
+                    results[i] = RequestConflict(request_id, original.position, items[j][2])
+                else:
+                    results[i] = Appended(request_id, original.position, False)
+        return results
+
+    def _append_or_conflict(
+        self, request_id: UUID, actor: str | None, command: dict[str, Any], time: datetime
+    ) -> Appended | RequestConflict:
+        try:
+            return self.append_request(request_id, actor, command, time)
+        except RequestConflict as exc:
+            return exc
+
     def request(self, request_id: UUID) -> tuple[int, Request] | None:
         """The request with this id and its position, or None."""
         stored = self.requests.select_events(request_id, limit=1)
