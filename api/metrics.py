@@ -55,6 +55,10 @@ class Metrics:
             "spotex_engine_batch_size", "requests per engine batch", buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.appends = Histogram(
+            "spotex_append_batch_size", "requests per requests-log commit (the api's group commit)",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )
         self._lags: _LagCollector | None = None
 
     def watch(self, source: Callable[[], dict[str, Any]]) -> None:
@@ -69,6 +73,9 @@ class Metrics:
 
     def observe_batch(self, size: int) -> None:
         self.batches.observe(size)
+
+    def observe_append(self, size: int) -> None:
+        self.appends.observe(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

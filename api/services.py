@@ -44,3 +44,7 @@ class Services:
     max_ready_lag: int = 100_000
     # The waits of ``?wait=true`` (``api.bus.Watcher``), made on first use in the app's loop.
     watcher: Any = field(default=None, repr=False)
+    # The group commit of appends (``api.bus.Appender``), made on first use in the app's loop.
+    appender: Any = field(default=None, repr=False)
+    # Listed markets' and assets' immutable specs for the edge checks (``api.edge``).
+    specs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
