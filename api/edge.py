@@ -11,7 +11,41 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from anyio import to_thread
+
 from api.errors import ApiError
+from api.services import Services
+
+# What the checks read of a market or an asset never changes once it is listed (listing the same
+# symbol again is refused), so each process keeps what it found: an order's checks then cost no
+# query. Only what exists is kept: an unknown symbol is asked for again next time.
+SPEC_FIELDS = {
+    "market": ("symbol", "base", "quote", "tick_size", "lot_size"),
+    "asset": ("symbol", "precision"),
+}
+
+
+async def market_spec(services: Services, symbol: str) -> dict[str, Any] | None:
+    """A listed market's symbol, base, quote, tick and lot, or None when the read models don't know it."""
+    return await _spec(services, "market", symbol)
+
+
+async def asset_spec(services: Services, symbol: str) -> dict[str, Any] | None:
+    """A listed asset's symbol and precision, or None when the read models don't know it."""
+    return await _spec(services, "asset", symbol)
+
+
+async def _spec(services: Services, kind: str, symbol: str) -> dict[str, Any] | None:
+    key = (kind, symbol)
+    found = services.specs.get(key)
+    if found is None:
+        read = services.reads.market if kind == "market" else services.reads.asset
+        row = await to_thread.run_sync(read, symbol)
+        if row is None:
+            return None
+        found = {k: row[k] for k in SPEC_FIELDS[kind]}
+        services.specs[key] = found
+    return found
 
 
 def _multiple(value: str, step: str) -> bool:

@@ -42,7 +42,8 @@ WITH_WAIT: dict[int | str, dict[str, Any]] = {
 }
 
 
-def received(order_id: str, request: Request, market: dict[str, Any] | None) -> dict[str, Any]:
+def received(order_id: str, request: Request | bus.Placement, market: dict[str, Any] | None
+             ) -> dict[str, Any]:
     """The order as its request says, before its outcome is projected: status ``received``."""
     c = request.command
     time = request.timestamp.isoformat()
@@ -76,15 +77,28 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     return OrderPublic.model_validate({k: v for k, v in row.items() if k != "user_id"}).model_dump()
 
 
-def _own_placement(services: Services, user: Principal, order_id: uuid.UUID) -> Request:
+def _own_placement(services: Services, user: Principal, order_id: uuid.UUID) -> Request | bus.Placement:
     """The placement request of the caller's order, or 404 (also for another user's order)."""
-    found = request_of(services.logs, order_id)
-    if found is None:
-        raise not_found("order")
-    request = found[1]
+    request: Request | bus.Placement | None = bus.recent_placement(services, order_id)
+    if request is None:
+        found = request_of(services.logs, order_id)
+        if found is None:
+            raise not_found("order")
+        request = found[1]
     if request.command.get("command") != "PlaceOrder" or request.actor != user.user_id:
         raise not_found("order")
     return request
+
+
+async def own_placement(services: Services, user: Principal, order_id: uuid.UUID
+                        ) -> Request | bus.Placement:
+    """``_own_placement`` without leaving the event loop when this process appended the order."""
+    recent = bus.recent_placement(services, order_id)
+    if recent is not None:
+        if recent.actor != user.user_id:
+            raise not_found("order")
+        return recent
+    return await to_thread.run_sync(_own_placement, services, user, order_id)
 
 
 def read_order(services: Services, user: Principal, order_id: str) -> dict[str, Any]:
@@ -107,12 +121,12 @@ async def _order_after(services: Services, sub: bus.Submitted, user: Principal, 
 async def place_order(body: OrderCreate, user: Trader, services: ServicesDep, wait: Wait = False
                       ) -> JSONResponse:
     command = PlaceOrder(**body.model_dump())
-    market = await to_thread.run_sync(services.reads.market, body.market)
+    market = await edge.market_spec(services, body.market)
     if market is not None:
         edge.check_price(market, body.price)
         edge.check_quantity(market, body.quantity)
         if body.quote_quantity is not None:
-            quote = await to_thread.run_sync(services.reads.asset, market["quote"])
+            quote = await edge.asset_spec(services, market["quote"])
             edge.check_amount(quote, body.quote_quantity, "quote_quantity")
     sub = await bus.submit(services, command, user.user_id, wait=wait)
     if sub.outcome is None:
@@ -156,8 +170,8 @@ def _engine_refusal(sub: bus.Submitted) -> None:
 async def amend_order(order_id: OrderId, body: OrderAmend, user: Trader, services: ServicesDep,
                       wait: Wait = False) -> JSONResponse:
     command = AmendOrder(order_id=order_id, price=body.price, quantity=body.quantity)
-    placement = await to_thread.run_sync(_own_placement, services, user, order_id)
-    market = await to_thread.run_sync(services.reads.market, placement.command["market"])
+    placement = await own_placement(services, user, order_id)
+    market = await edge.market_spec(services, placement.command["market"])
     if market is not None:
         edge.check_price(market, body.price)
         edge.check_quantity(market, body.quantity)
@@ -172,7 +186,7 @@ async def amend_order(order_id: OrderId, body: OrderAmend, user: Trader, service
                summary="Cancel one order")
 async def cancel_order(order_id: OrderId, user: Trader, services: ServicesDep, wait: Wait = False
                        ) -> JSONResponse:
-    await to_thread.run_sync(_own_placement, services, user, order_id)
+    await own_placement(services, user, order_id)
     sub = await bus.submit(services, CancelOrder(order_id=order_id), user.user_id, wait=wait)
     if sub.outcome is None:
         return bus.accepted(sub, order_id=str(order_id), status="received")
