@@ -12,7 +12,9 @@ from api.security import InvalidToken, Principal, decode_token
 from api.services import Services
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are ``async def``: they do no I/O, and FastAPI runs a plain ``def`` dependency
+# in a worker thread, a thread hop per dependency per request.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -23,22 +25,28 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
 
-def current_user(
-    services: ServicesDep, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> Principal:
+def _principal(request: Request, token: str | None) -> Principal:
     if not token:
         raise unauthorized()
+    services: Services = request.app.state.services
     try:
         return decode_token(services.settings.jwt_secret, token)
     except InvalidToken:
         raise unauthorized("the bearer token is invalid or expired") from None
 
 
+async def current_user(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
+    return _principal(request, token)
+
+
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
 def require(*roles: str) -> object:
-    def check(user: CurrentUser) -> Principal:
+    # One dependency, not one on top of ``current_user``: FastAPI's cost per request grows with
+    # each node of the dependency graph, and every command route has one of these.
+    async def check(request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]) -> Principal:
+        user = _principal(request, token)
         if not user.has(*roles):
             raise forbidden(roles)
         return user
