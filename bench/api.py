@@ -1,30 +1,35 @@
-"""HTTP api throughput and latency: N concurrent clients placing and cancelling orders.
+"""HTTP api throughput and latency: concurrent connections placing and cancelling orders.
 
-    .venv/bin/python bench/api.py [--url postgresql://postgres@127.0.0.1:5432] [--clients 32]
-                                  [--seconds 15] [--keep]
+    .venv/bin/python bench/api.py [--url postgresql://postgres@127.0.0.1:5432] [--connections 32]
+                                  [--threads 2] [--seconds 15] [--keep]
 
 1. Creates a scratch database (``spotex_bench_api_<pid>``, dropped at the end unless ``--keep``;
    ``--url sqlite`` runs on SQLite files instead) and starts the real ``spotex serve`` on it
-   (api + engine + projections in one process, rate limits off).
-2. Onboards and funds one trader per client. Each client then loops for ``--seconds``: place a
-   resting limit buy (far below the market, so nothing trades) and cancel it — first without
-   ``wait`` (202 at once), then with ``?wait=true`` (200 once the engine decided and the read
-   models show it).
-3. In the same run, serves a bare FastAPI endpoint (``GET /ping`` → ``{"ok": true}``) with the
-   same uvicorn settings and hits it with the same clients: the ceiling of this Python HTTP
-   stack on this machine, with nothing of spotex in it.
+   (api + engine + projections + delivery in one process, rate limits off).
+2. Onboards and funds one trader per load thread. The load is ``wrk`` (Debian's package; a C
+   load generator, so the client's own cost is small next to the server's): each wrk thread is
+   one trader whose connections place a resting limit buy (far below the market, so nothing
+   trades) and cancel the orders its placements returned — first without ``wait`` (202 once the
+   request is in the log), then with ``?wait=true`` (200 once the engine decided and every read
+   model shows it). Each place or cancel is one request.
+3. In the same run, serves a bare FastAPI endpoint (``async def`` ``GET /ping`` →
+   ``{"ok": true}``) with the same uvicorn and hits it with the same wrk settings: the ceiling of
+   this Python HTTP stack on this machine, with nothing of spotex in it.
 
-Prints requests/s and p50/p95/p99 latencies per phase. The clients run in this process (one
-asyncio loop): on a small machine they compete with the server for CPU, which the figures
-include. Figures are recorded in ``docs/performance.md`` with the machine.
+Prints requests/s, p50/p90/p99 latencies per phase, and the CPU time per request of the server
+process and of the PostgreSQL backends (from /proc), which a noisy machine distorts far less
+than the rates. Figures are recorded in ``docs/performance.md`` with the machine.
+
+An earlier version drove the load from an httpx asyncio loop in this process: httpx itself
+saturated at ~200 requests/s here, so it measured the client, not the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,98 +47,93 @@ sys.path.insert(0, str(ROOT))
 from bench._machine import print_machine  # noqa: E402
 from tests.e2e.conftest import Api, free_port, start_server, stop_server  # noqa: E402
 
+LUA = ROOT / "bench" / "api_orders.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 BARE_APP = textwrap.dedent(
     """
     from fastapi import FastAPI
     app = FastAPI()
 
     @app.get("/ping")
-    def ping() -> dict[str, bool]:
+    async def ping() -> dict[str, bool]:
         return {"ok": True}
     """
 )
 
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
-def report(name: str, latencies: list[float], seconds: float, errors: int) -> dict[str, Any]:
-    lat = sorted(latencies)
-    row = {
-        "phase": name,
-        "requests": len(lat),
-        "rps": len(lat) / seconds,
-        "p50_ms": percentile(lat, 50) * 1000,
-        "p95_ms": percentile(lat, 95) * 1000,
-        "p99_ms": percentile(lat, 99) * 1000,
-        "mean_ms": (statistics.fmean(lat) * 1000) if lat else float("nan"),
-        "errors": errors,
-    }
-    print(f"{name:<34} {row['requests']:>8} req {row['rps']:>9.1f} req/s   p50 {row['p50_ms']:7.1f} ms   "
-          f"p95 {row['p95_ms']:7.1f} ms   p99 {row['p99_ms']:7.1f} ms   errors {errors}", flush=True)
+def postgres_backends(database: str | None) -> list[int]:
+    if database is None:
+        return []
+    out = subprocess.run(["pgrep", "-f", f"postgres: .* {database} "], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def wrk(url: str, connections: int, threads: int, seconds: float, script: Path | None = None,
+        args: list[str] | None = None) -> dict[str, Any]:
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
+           "--timeout", "30s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
+    if args:
+        cmd += ["--", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    row: dict[str, Any] = {}
+    for key, value in re.findall(r"^WRK (\w+)=([\d.]+)", out, re.M):
+        row[key] = float(value)
+    for line in out.splitlines():
+        if "WRK" in line:
+            for key, value in re.findall(r"(\w+)=([\d.]+)", line):
+                row[key] = float(value)
+    if "requests" not in row:  # no script: read wrk's own summary
+        m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+        assert m, out
+        row["requests"] = float(m.group(1))
+        row["seconds"] = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
+        for q in (50, 90, 99):
+            lm = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)", out, re.M)
+            if lm:
+                scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[lm.group(2)]
+                row[f"p{q}"] = float(lm.group(1)) * scale
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        row["errors"] = float(non2xx.group(1)) if non2xx else 0.0
+    row["raw"] = out
     return row
 
 
-async def trading_clients(url: str, tokens: list[str], seconds: float, wait: bool) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    suffix = "?wait=true" if wait else ""
-    limits = httpx.Limits(max_connections=len(tokens) + 4, max_keepalive_connections=len(tokens) + 4)
-
-    async def client(token: str, http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        headers = {"Authorization": f"Bearer {token}"}
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            r = await http.post(f"/v1/orders{suffix}", headers=headers, json={
-                "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "100.00", "quantity": "0.01"})
-            t1 = time.perf_counter()
-            if r.status_code not in (200, 202):
-                errors += 1
-                continue
-            latencies.append(t1 - t0)
-            order_id = r.json()["order_id"]
-            t0 = time.perf_counter()
-            r = await http.delete(f"/v1/orders/{order_id}{suffix}", headers=headers)
-            t1 = time.perf_counter()
-            if r.status_code in (200, 202):
-                latencies.append(t1 - t0)
-            else:
-                errors += 1
-
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        await asyncio.gather(*(client(t, http) for t in tokens))
-    return latencies, errors
+def report(name: str, row: dict[str, Any], server_cpu: float | None = None, pg_cpu: float | None = None
+           ) -> dict[str, Any]:
+    n = row["requests"]
+    row["rps"] = n / row["seconds"]
+    errors = int(row.get("errors", 0) + row.get("failed", 0))
+    row["phase"] = name
+    cpu = ""
+    if server_cpu is not None and n:
+        row["server_cpu_ms"] = server_cpu * 1000 / n
+        cpu = f"   server CPU {row['server_cpu_ms']:.3f} ms/req"
+        if pg_cpu is not None:
+            row["pg_cpu_ms"] = pg_cpu * 1000 / n
+            cpu += f", PostgreSQL {row['pg_cpu_ms']:.3f} ms/req"
+    print(f"{name:<34} {int(n):>8} req {row['rps']:>9.1f} req/s   p50 {row.get('p50', float('nan')):7.1f} ms"
+          f"   p90 {row.get('p90', float('nan')):7.1f} ms   p99 {row.get('p99', float('nan')):7.1f} ms"
+          f"   errors {errors}{cpu}", flush=True)
+    return row
 
 
-async def bare_clients(url: str, n: int, seconds: float) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            r = await http.get("/ping")
-            t1 = time.perf_counter()
-            if r.status_code == 200:
-                latencies.append(t1 - t0)
-            else:
-                errors += 1
-
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-        await asyncio.gather(*(client(http) for _ in range(n)))
-    return latencies, errors
-
-
-def bare_ceiling(clients: int, seconds: float) -> dict[str, Any]:
+def bare_ceiling(connections: int, threads: int, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "bare_app.py").write_text(BARE_APP)
         port = free_port()
@@ -148,8 +148,9 @@ def bare_ceiling(clients: int, seconds: float) -> dict[str, Any]:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.1)
-            lat, errors = asyncio.run(bare_clients(url, clients, seconds))
-            return report("bare FastAPI GET /ping (ceiling)", lat, seconds, errors)
+            before = cpu_seconds([proc.pid])
+            row = wrk(url + "/ping", connections, threads, seconds)
+            return report("bare FastAPI GET /ping (ceiling)", row, cpu_seconds([proc.pid]) - before)
         finally:
             proc.terminate()
             proc.wait()
@@ -177,15 +178,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432",
                    help="PostgreSQL server URL (no database), or 'sqlite'")
-    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--connections", type=int, default=32, help="concurrent HTTP connections")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (one trader each)")
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench/api.py needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
     print_machine()
-    print(f"api bench: {args.clients} clients, {args.seconds:.0f} s per phase, "
-          f"backend {'SQLite' if args.url == 'sqlite' else 'PostgreSQL'}", flush=True)
+    print(f"api bench: wrk, {args.connections} connections on {args.threads} threads, {args.seconds:g} s "
+          f"per phase, backend {'SQLite' if args.url == 'sqlite' else 'PostgreSQL'}", flush=True)
 
     db_url = None if args.url == "sqlite" else scratch_database(args.url)
+    database = db_url.rsplit("/", 1)[1] if db_url else None
     env = {"SPOTEX_DATABASE_URL": db_url} if db_url else {}
     tmp = tempfile.TemporaryDirectory()
     server = start_server(Path(tmp.name), env)
@@ -198,18 +204,32 @@ def main() -> int:
         admin.post("/v1/markets?wait=true", {"symbol": "BTC-USDT", "base": "BTC", "quote": "USDT",
                                              "tick_size": "0.01", "lot_size": "0.0001"})
         tokens = []
-        for _ in range(args.clients):
+        for _ in range(args.threads):
             username = f"bench{uuid.uuid4().hex[:8]}"
             anon.post("/v1/users?wait=true", {"username": username, "password": "bench-password"})
-            admin.post("/v1/deposits?wait=true", {"username": username, "asset": "USDT", "amount": "1000000",
-                                                  "reference": "bench"})
+            admin.post("/v1/deposits?wait=true", {"username": username, "asset": "USDT",
+                                                  "amount": "100000000", "reference": "bench"})
             token = anon.login(username, "bench-password").token
             assert token is not None
             tokens.append(token)
         for wait in (False, True):
-            lat, errors = asyncio.run(trading_clients(server.url, tokens, args.seconds, wait))
-            rows.append(report(f"place+cancel {'wait=true' if wait else 'no wait (202)'}", lat,
-                               args.seconds, errors))
+            pids = [server.proc.pid]
+            backends = postgres_backends(database)
+            before, pg_before = cpu_seconds(pids), cpu_seconds(backends)
+            row = wrk(server.url, args.connections, args.threads, args.seconds, LUA,
+                      ["?wait=true" if wait else "-", *tokens])
+            rows.append(report(f"place+cancel {'wait=true' if wait else 'no wait (202)'}", row,
+                               cpu_seconds(pids) - before,
+                               cpu_seconds(backends) - pg_before if backends else None))
+            # let the engine and the read models finish what the phase appended
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                ready = httpx.get(server.url + "/readyz").json()
+                lags = [ready["engine"].get("lag", 0)] + [
+                    p.get("lag", 0) for p in ready.get("projections", {}).values()]
+                if max(lags) == 0:
+                    break
+                time.sleep(0.5)
         ready = httpx.get(server.url + "/readyz").json()
         print(f"after the run: engine lag {ready['engine'].get('lag')}", flush=True)
     finally:
@@ -217,8 +237,11 @@ def main() -> int:
         tmp.cleanup()
         if db_url and not args.keep:
             drop_database(args.url, db_url)
-    rows.append(bare_ceiling(args.clients, args.seconds))
-    print(f"server exit code {code}")
+    rows.append(bare_ceiling(args.connections, args.threads, args.seconds))
+    ceiling = rows[-1]["rps"]
+    for row in rows[:-1]:
+        print(f"{row['phase']}: {row['rps'] / ceiling:.0%} of the ceiling's requests/s")
+    print(f"server exit code {code}; load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 
