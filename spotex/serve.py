@@ -76,17 +76,20 @@ def build_services(settings: Settings, logs: Logs, store: Any, environ: Mapping[
 
 
 class MeteredSequencer(Sequencer):
-    """The sequencer, reporting each batch (metrics, and waking the projections)."""
+    """The sequencer, reporting each committed batch (metrics, and waking the projections).
+
+    Reported when the batch's commit is known to be done, not when ``step`` returns: with
+    pipelining ``step`` returns while the commit is still in flight, and projections woken then
+    find nothing new and back off (up to their idle limit) before they look again.
+    """
 
     def __init__(self, logs: Logs, on_batch: Callable[[int], None]) -> None:
         super().__init__(logs)
         self.on_batch = on_batch
 
-    def step(self) -> int:
-        n = super().step()
-        if n:
-            self.on_batch(n)
-        return n
+    def _committed(self, batch: Any, positions: Any) -> None:
+        super()._committed(batch, positions)
+        self.on_batch(len(batch.stored))
 
 
 class Worker(threading.Thread):
