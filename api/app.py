@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.fastpath import OrderFastPath
 from api.ratelimit import NoLimiter, retry_after_header
 from api.routers import (
     assets,
@@ -57,6 +58,9 @@ class EdgeMiddleware:
         self.app = app
         self.services = services
         self.unlimited = isinstance(services.limiter, NoLimiter)
+        # The ordinary place and cancel, served without FastAPI's routing (api.fastpath);
+        # everything else goes on to the app.
+        self.inner = OrderFastPath(app, services) if services.fast_path else app
 
     def _user(self, scope: Scope) -> str | None:
         for name, value in scope.get("headers", ()):
@@ -103,7 +107,7 @@ class EdgeMiddleware:
                 )
                 await response(scope, receive, send_status)
                 return
-            await self.app(scope, receive, send_status)
+            await self.inner(scope, receive, send_status)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"

@@ -59,6 +59,10 @@ class Metrics:
             "spotex_append_batch_size", "requests per requests-log commit (the api's group commit)",
             buckets=BATCH_BUCKETS, registry=self.registry,
         )
+        self.fast_path = Counter(
+            "spotex_http_fast_path_requests", "order requests served by the hot path (api.fastpath)",
+            ["route"], registry=self.registry,
+        )
         self._lags: _LagCollector | None = None
 
     def watch(self, source: Callable[[], dict[str, Any]]) -> None:

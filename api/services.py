@@ -46,5 +46,7 @@ class Services:
     watcher: Any = field(default=None, repr=False)
     # The group commit of appends (``api.bus.Appender``), made on first use in the app's loop.
     appender: Any = field(default=None, repr=False)
+    # Serve the ordinary place and cancel without FastAPI's routing (``api.fastpath``).
+    fast_path: bool = True
     # Listed markets' and assets' immutable specs for the edge checks (``api.edge``).
     specs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
