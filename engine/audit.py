@@ -96,6 +96,21 @@ Progress = Callable[[int, int], None]  # (outcomes audited, exchange position)
 # The same bytes as ``engine.exchange.canonical``, without building an encoder per call; a
 # mismatch is confirmed with ``outcome_hash`` itself before it is reported.
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_string = json.encoder.encode_basestring  # what that encoder does with a str, without its dispatch
+
+
+def scalar_json(value: Any) -> str:
+    """``_encode(value)`` for the scalars of an outcome's head (str, int, None) without the
+    encoder's dispatch: the same bytes (``int.__repr__`` is what json writes for an int)."""
+    kind = type(value)
+    if kind is str:
+        return _string(value)
+    if kind is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
+    return _encode(value)
+
 
 
 def _chain_hash(o: RecordedOutcome) -> str:
@@ -103,7 +118,7 @@ def _chain_hash(o: RecordedOutcome) -> str:
     if facts_json is None:
         body = _encode([o.seq, o.request_id, o.request_position, o.time, o.actor, o.command, o.facts])
     else:  # canonical([...]) is its items' canonical encodings joined by commas
-        e = _encode
+        e = scalar_json
         body = (
             f"[{e(o.seq)},{e(o.request_id)},{e(o.request_position)},{e(o.time)},{e(o.actor)},"
             f"{e(o.command)},{facts_json}]"

@@ -22,12 +22,13 @@ is still checked over the stored bytes, never over re-encoded ones.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from uuid import UUID
 
 import orjson
 
-from engine.audit import StoredOutcome, Unreadable
+from engine.audit import StoredOutcome, Unreadable, scalar_json
 from engine.exchange import RequestRecord
 from engine.log import EXCHANGE_STREAM_ID
 
@@ -52,7 +53,11 @@ def _decode(state: bytes) -> Any:
             pass  # json may still accept it (NaN, a lone surrogate) or say why not
     return _stdlib_decode(state.decode())
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+_EXCHANGE_TEXT = str(EXCHANGE_STREAM_ID)
+# A stream id read as text in the form str(UUID) gives (PostgreSQL's uuid::text): kept as it is.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
 
 
 def _uuid(value: Any) -> UUID:
@@ -62,7 +67,8 @@ def _uuid(value: Any) -> UUID:
 def decode_outcome(n: Any, slice_facts: bool = True) -> StoredOutcome | Unreadable:
     """``slice_facts``: also find the stored bytes of the facts (only the chain check uses them)."""
     try:
-        if n.topic != "spotex:Outcome" or _uuid(n.originator_id) != EXCHANGE_STREAM_ID:
+        stream = n.originator_id
+        if n.topic != "spotex:Outcome" or (stream != _EXCHANGE_TEXT and _uuid(stream) != EXCHANGE_STREAM_ID):
             raise ValueError(f"topic {n.topic!r} in stream {n.originator_id} is not an outcome")
         d = _decode(n.state)
         time, rid, position, actor, command = (
@@ -96,7 +102,7 @@ def decode_outcome(n: Any, slice_facts: bool = True) -> StoredOutcome | Unreadab
 
 def _facts_slice(state: str, *fields: Any) -> str | None:
     """The stored facts' bytes, if the state is laid out exactly as ``encode_outcome`` writes it."""
-    time, rid, position, actor, command, prev_hash, digest = map(_encode, fields)
+    time, rid, position, actor, command, prev_hash, digest = map(scalar_json, fields)
     prefix = (
         f'{{"timestamp":{{"_type_":"datetime_iso","_data_":{time}}},"request_id":{rid},'
         f'"request_position":{position},"actor":{actor},"command":{command},"facts":'
@@ -119,9 +125,9 @@ def decode_request(n: Any) -> RequestRecord | Unreadable:
         d = _decode(n.state)
         if type(d["command"]) is not dict:
             raise ValueError("command must be an object")
-        return RequestRecord(
-            str(_uuid(n.originator_id)), n.id, _time(d["timestamp"]), d["actor"], d["command"]
-        )
+        stream = n.originator_id
+        rid = stream if type(stream) is str and _CANONICAL_UUID(stream) else str(_uuid(stream))
+        return RequestRecord(rid, n.id, _time(d["timestamp"]), d["actor"], d["command"])
     except Exception as exc:
         error = f"the stored request does not decode: {exc!r}"
         return Unreadable("requests", n.id, str(n.originator_id), error)
