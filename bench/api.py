@@ -30,6 +30,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,62 @@ def drop_database(url: str, db_url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+class Split:
+    """The production topology: ``spotex api --workers N``, ``spotex engine``, ``spotex worker``."""
+
+    def __init__(self, db_url: str, api_workers: int, data_dir: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+        self.env.update({
+            "SPOTEX_DATABASE_URL": db_url,
+            "SPOTEX_BROKER_URL": os.environ.get("SPOTEX_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+            "SPOTEX_PROJECTION_QUEUE": f"spotex_bench_api_{os.getpid()}",
+            "SPOTEX_RATE_LIMITS": "off",
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.log = (data_dir / "split.log").open("wb")
+        spotex = [sys.executable, "-m", "spotex.cli"]
+        subprocess.run([*spotex, "migrate"], env=self.env, cwd=ROOT, check=True, stdout=self.log,
+                       stderr=subprocess.STDOUT)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.procs = [
+            subprocess.Popen([*spotex, *cmd], env=self.env, cwd=ROOT, stdout=self.log,
+                             stderr=subprocess.STDOUT)
+            for cmd in (["engine"], ["worker"],
+                        ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(api_workers)])
+        ]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the split topology was not ready in 60 s; see {data_dir / 'split.log'}")
+
+    def pids(self) -> list[int]:
+        out = []
+        for proc in self.procs:
+            out.append(proc.pid)
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+            out += [int(p) for p in children.stdout.split()]
+        return out
+
+    def stop(self) -> int:
+        codes = []
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                codes.append(proc.wait(timeout=60))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        self.log.close()
+        return max(abs(c) for c in codes)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432",
@@ -182,22 +239,36 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="wrk threads (one trader each)")
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--topology", choices=("serve", "split"), default="serve",
+                   help="serve: spotex serve (one process); split: spotex api --workers N + "
+                        "spotex engine + spotex worker on RabbitMQ (PostgreSQL only)")
+    p.add_argument("--api-workers", type=int, default=2, help="uvicorn workers of spotex api (split)")
     args = p.parse_args()
+    if args.topology == "split" and args.url == "sqlite":
+        p.error("--topology split needs PostgreSQL")
     if shutil.which("wrk") is None:
         print("bench/api.py needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
     print_machine()
     print(f"api bench: wrk, {args.connections} connections on {args.threads} threads, {args.seconds:g} s "
-          f"per phase, backend {'SQLite' if args.url == 'sqlite' else 'PostgreSQL'}", flush=True)
+          f"per phase, backend {'SQLite' if args.url == 'sqlite' else 'PostgreSQL'}, topology "
+          f"{args.topology}{f' ({args.api_workers} api workers)' if args.topology == 'split' else ''}",
+          flush=True)
 
     db_url = None if args.url == "sqlite" else scratch_database(args.url)
     database = db_url.rsplit("/", 1)[1] if db_url else None
     env = {"SPOTEX_DATABASE_URL": db_url} if db_url else {}
     tmp = tempfile.TemporaryDirectory()
-    server = start_server(Path(tmp.name), env)
+    if args.topology == "split":
+        assert db_url is not None
+        split = Split(db_url, args.api_workers, Path(tmp.name))
+        url, pids, stop = split.url, split.pids, split.stop
+    else:
+        server = start_server(Path(tmp.name), env)
+        url, pids, stop = server.url, (lambda: [server.proc.pid]), (lambda: stop_server(server))
     rows = []
     try:
-        anon = Api(server.url)
+        anon = Api(url)
         admin = anon.login("admin", "admin")
         for symbol in ("BTC", "USDT"):
             admin.post("/v1/assets?wait=true", {"symbol": symbol, "precision": 8})
@@ -213,27 +284,26 @@ def main() -> int:
             assert token is not None
             tokens.append(token)
         for wait in (False, True):
-            pids = [server.proc.pid]
-            backends = postgres_backends(database)
-            before, pg_before = cpu_seconds(pids), cpu_seconds(backends)
-            row = wrk(server.url, args.connections, args.threads, args.seconds, LUA,
+            procs, backends = pids(), postgres_backends(database)
+            before, pg_before = cpu_seconds(procs), cpu_seconds(backends)
+            row = wrk(url, args.connections, args.threads, args.seconds, LUA,
                       ["?wait=true" if wait else "-", *tokens])
             rows.append(report(f"place+cancel {'wait=true' if wait else 'no wait (202)'}", row,
-                               cpu_seconds(pids) - before,
+                               cpu_seconds(procs) - before,
                                cpu_seconds(backends) - pg_before if backends else None))
             # let the engine and the read models finish what the phase appended
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                ready = httpx.get(server.url + "/readyz").json()
+                ready = httpx.get(url + "/readyz").json()
                 lags = [ready["engine"].get("lag", 0)] + [
                     p.get("lag", 0) for p in ready.get("projections", {}).values()]
                 if max(lags) == 0:
                     break
                 time.sleep(0.5)
-        ready = httpx.get(server.url + "/readyz").json()
+        ready = httpx.get(url + "/readyz").json()
         print(f"after the run: engine lag {ready['engine'].get('lag')}", flush=True)
     finally:
-        code = stop_server(server)
+        code = stop()
         tmp.cleanup()
         if db_url and not args.keep:
             drop_database(args.url, db_url)
