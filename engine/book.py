@@ -2,20 +2,24 @@
 
 The book never touches money. It only keeps resting orders in price-time priority and answers
 "which makers would a taker meet, best first". Prices and quantities are integer ticks and lots.
-Both sides are ``SortedDict``s keyed so that the best price comes first (asks by ticks, bids by
-minus ticks), so adding, removing and finding the best level cost O(log levels) and a cancel
-is O(1) inside its level (an ``OrderedDict`` keyed by order id).
+Each side is a ``Levels``: a dict from key to level, keyed so that the best price has the
+smallest key (asks by ticks, bids by minus ticks), plus the keys negated in a plain sorted list,
+so the best level is the list's last element. Finding a level is a dict lookup, the best price
+a list index, and creating or deleting a level a C-level bisect and list insert/delete whose
+cost grows with the number of levels *worse* than it (new levels are created and emptied near
+the touch, at the list's end). A cancel is O(1) inside its level (an ``OrderedDict`` keyed by
+order id).
 
 Invariants: a level's ``total`` is the sum of its orders' remaining lots; no level is empty;
-the book is never crossed (best bid < best ask) between requests.
+each side's sorted keys are exactly its levels' keys; the book is never crossed (best bid <
+best ask) between requests.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Iterator
-
-from sortedcontainers import SortedDict
+from collections.abc import Iterable, Iterator
 
 from domain.ledger import Violation
 from domain.orders import BUY, Order
@@ -29,15 +33,62 @@ class Level:
         self.total = 0
 
 
+class Levels:
+    """One side's levels: ``key → Level``, iterated best first (ascending key).
+
+    ``by_key`` holds the levels; ``ladder`` holds the negated keys in ascending order, so the
+    best (smallest) key is ``-ladder[-1]``. Only ``Book`` changes them, always both together.
+    """
+
+    __slots__ = ("by_key", "ladder")
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, Level] = {}
+        self.ladder: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.by_key
+
+    def __getitem__(self, key: int) -> Level:
+        return self.by_key[key]
+
+    def get(self, key: int) -> Level | None:
+        return self.by_key.get(key)
+
+    def __iter__(self) -> Iterator[int]:
+        return (-neg for neg in reversed(self.ladder))
+
+    def keys(self) -> Iterator[int]:
+        return iter(self)
+
+    def values(self) -> Iterator[Level]:
+        by_key = self.by_key
+        return (by_key[-neg] for neg in reversed(self.ladder))
+
+    def items(self) -> Iterator[tuple[int, Level]]:
+        by_key = self.by_key
+        return ((-neg, by_key[-neg]) for neg in reversed(self.ladder))
+
+    def best(self) -> int | None:
+        """The smallest key, or None when the side is empty."""
+        return -self.ladder[-1] if self.ladder else None
+
+
 class Book:
     __slots__ = ("asks", "bids", "symbol")
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
-        self.bids: SortedDict = SortedDict()  # -ticks → Level
-        self.asks: SortedDict = SortedDict()  # ticks → Level
+        self.bids = Levels()  # -ticks → Level
+        self.asks = Levels()  # ticks → Level
 
-    def _side(self, side: str) -> tuple[SortedDict, int]:
+    def _side(self, side: str) -> tuple[Levels, int]:
         return (self.bids, -1) if side == BUY else (self.asks, 1)
 
     def add(self, order: Order) -> None:
@@ -46,9 +97,11 @@ class Book:
             levels, key = self.bids, -order.price  # type: ignore[operator]
         else:
             levels, key = self.asks, order.price
-        level = levels.get(key)
+        by_key = levels.by_key
+        level = by_key.get(key)
         if level is None:
-            level = levels[key] = Level()
+            level = by_key[key] = Level()  # type: ignore[index]
+            insort(levels.ladder, -key)  # type: ignore[operator]
         level.orders[order.order_id] = order
         level.total += order.remaining
         order.booked = True
@@ -58,12 +111,15 @@ class Book:
             levels, key = self.bids, -order.price  # type: ignore[operator]
         else:
             levels, key = self.asks, order.price
-        level = levels[key]
+        by_key = levels.by_key
+        level = by_key[key]  # type: ignore[index]
         orders = level.orders
         del orders[order.order_id]
         level.total -= order.remaining
         if not orders:
-            del levels[key]
+            del by_key[key]  # type: ignore[arg-type]
+            ladder = levels.ladder
+            del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
         order.booked = False
 
     def reduce(self, order: Order, lots: int) -> None:
@@ -72,34 +128,42 @@ class Book:
             levels, key = self.bids, -order.price  # type: ignore[operator]
         else:
             levels, key = self.asks, order.price
-        level = levels[key]
+        by_key = levels.by_key
+        level = by_key[key]  # type: ignore[index]
         level.total -= lots
         order.remaining -= lots
         if order.remaining == 0:
             orders = level.orders
             del orders[order.order_id]
             if not orders:
-                del levels[key]
+                del by_key[key]  # type: ignore[arg-type]
+                ladder = levels.ladder
+                del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
             order.booked = False
 
-    def makers(self, taker_side: str, limit: int | None) -> Iterator[Order]:
-        """Resting orders a taker on ``taker_side`` would meet, best first, up to ``limit``."""
+    def makers(self, taker_side: str, limit: int | None) -> Iterable[Order]:
+        """Resting orders a taker on ``taker_side`` would meet, best first, up to ``limit``.
+
+        Lazy: walk it only as far as needed, and do not change the book while walking it.
+        """
         if taker_side == BUY:
             levels = self.asks
             bound = limit
         else:
             levels = self.bids
             bound = None if limit is None else -limit
-        for key in levels:  # keys in sorted order; a plain lookup is cheaper than items()
-            if bound is not None and key > bound:
-                return
-            yield from levels[key].orders.values()
+        ladder = levels.ladder
+        if not ladder or (bound is not None and -ladder[-1] > bound):
+            return ()  # nothing crosses: the common case, without a generator
+        return _walk(levels.by_key, ladder, bound)
 
     def best_bid(self) -> int | None:
-        return -self.bids.peekitem(0)[0] if self.bids else None
+        ladder = self.bids.ladder
+        return ladder[-1] if ladder else None
 
     def best_ask(self) -> int | None:
-        return self.asks.peekitem(0)[0] if self.asks else None
+        ladder = self.asks.ladder
+        return -ladder[-1] if ladder else None
 
     def would_take(self, side: str, price: int) -> bool:
         if side == BUY:
@@ -136,13 +200,24 @@ class Book:
         if bid is not None and ask is not None and bid >= ask:
             out.append(Violation("crossed_book", self.symbol, f"best bid {bid} ≥ best ask {ask}"))
         for side, levels, sign in (("buy", self.bids, -1), ("sell", self.asks, 1)):
+            ladder = levels.ladder
+            if ladder != sorted(-key for key in levels.by_key) or len(set(ladder)) != len(ladder):
+                out.append(
+                    Violation("level_keys", self.symbol, f"{side} sorted keys ≠ the levels' keys")
+                )
+                continue
             for key, level in levels.items():
                 if not level.orders:
                     out.append(Violation("empty_level", self.symbol, f"{side} level {key} is empty"))
                 total = 0
                 for order in level.orders.values():
                     total += order.remaining
-                    if order.remaining <= 0 or order.side != side or sign * order.price != key:
+                    if (
+                        order.remaining <= 0
+                        or order.side != side
+                        or order.price is None
+                        or sign * order.price != key
+                    ):
                         out.append(
                             Violation("misplaced_order", self.symbol, f"order {order.order_id}")
                         )
@@ -155,3 +230,10 @@ class Book:
                         )
                     )
         return out
+
+
+def _walk(by_key: dict[int, Level], ladder: list[int], bound: int | None) -> Iterator[Order]:
+    for neg in reversed(ladder):  # best level first
+        if bound is not None and -neg > bound:
+            return
+        yield from by_key[-neg].orders.values()
