@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
                                  [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
-                                 [--api-procs 0] [--deflate]
+                                 [--api-procs 0] [--deflate] [--asgi-send]
 
 1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
    process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
@@ -18,7 +18,8 @@
    apply it, the follower reads and fans it out) to its arrival at each subscriber, p50/p90/p99/
    max — an upper bound of commit → delivery; the server's resident memory per connection
    (subscribed and idle, minus before any connection); gaps and drops seen by the clients; and the
-   server's CPU use during the flow.
+   server's CPU use during the flow, and that CPU time per message delivered (the figure the
+   others' load distorts least: compare versions with it).
 
 The clients run on the same machine and compete with the server for its cores; the figures
 include that. Figures go to ``docs/performance.md`` ("WebSocket fan-out") with the machine.
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,7 +98,7 @@ async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, resul
         try:
             async for raw in ws:
                 now = time.time()
-                m = json.loads(raw)
+                m = orjson.loads(raw)
                 stats["messages"] += 1
                 if counting:
                     stats["counted"] += 1
@@ -198,13 +200,17 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch PostgreSQL database")
     p.add_argument("--api-procs", type=int, default=0,
                    help="extra `spotex api` processes (PostgreSQL only) sharing the subscribers")
+    p.add_argument("--asgi-send", action="store_true",
+                   help="SPOTEX_WS_DIRECT=0: every message through ASGI send, not written to the transport")
     args = p.parse_args()
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
     print_machine()
     print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     backend = "SQLite" if args.url == "sqlite" else "PostgreSQL"
     print(f"ws bench: {args.subscribers} subscribers in {args.procs} client processes, book+trades of "
           f"{MARKET}, {args.rate:g} orders/s for {args.seconds:g} s, backend {backend}, "
-          f"permessage-deflate {'on' if args.deflate else 'off'}", flush=True)
+          f"permessage-deflate {'on' if args.deflate else 'off'}, "
+          f"{'ASGI send' if args.asgi_send else 'direct frame writes'}", flush=True)
 
     db_url = None
     if args.url != "sqlite":
@@ -214,7 +220,10 @@ def main() -> int:
     if args.api_procs and not db_url:
         p.error("--api-procs needs PostgreSQL (--url postgresql://...)")
     tmp = tempfile.TemporaryDirectory()
-    server = start_server(Path(tmp.name), {"SPOTEX_DATABASE_URL": db_url} if db_url else {})
+    server_env = {"SPOTEX_DATABASE_URL": db_url} if db_url else {}
+    if args.asgi_send:
+        server_env["SPOTEX_WS_DIRECT"] = "0"
+    server = start_server(Path(tmp.name), server_env)
     pid = server.proc.pid
     apis: list[subprocess.Popen[bytes]] = []
     try:
@@ -223,6 +232,8 @@ def main() -> int:
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
             env.update({"SPOTEX_DATABASE_URL": db_url or "", "SPOTEX_RATE_LIMITS": "off"})
+            if args.asgi_send:
+                env["SPOTEX_WS_DIRECT"] = "0"
             apis.append(subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
                                           "--port", str(port)], cwd=ROOT, env=env,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -316,6 +327,8 @@ def main() -> int:
               f"{totals['closed']}; server CPU {cpu / window * 100:.0f}% of one core during the flow "
               f"({len(pids)} process{'es' if len(pids) > 1 else ''}), "
               f"RSS at the end {rss_peak / 1024:.0f} MiB", flush=True)
+        print(f"server CPU per message delivered: {cpu / max(1, totals['counted']) * 1e6:.1f} µs "
+              f"({cpu:.2f} s for {totals['counted']} messages)", flush=True)
         print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
               flush=True)
     finally:
