@@ -3,7 +3,8 @@ each as its state as last sent and a ``poll`` of what changed in the read model 
 
 Each channel keeps what a new subscriber's snapshot needs (the whole book at its sequence, the
 latest trades and candles, the ticker) and turns the read model's changes into update messages,
-serialised once for all subscribers. ``api.streams.Hub`` drives them; they are not thread-safe.
+encoded once for all subscribers (``Outbound``: the JSON text and the WebSocket frame carrying it).
+``api.streams.Hub`` drives them; they are not thread-safe.
 
 Invariant (``book``): the in-memory book is the read model's book at ``sequence``; updates are
 applied in sequence order and a jump in the change log reloads the channel (a new snapshot).
@@ -17,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+
+from websockets.frames import Frame, Opcode
 
 from api.schemas import Candle, Ticker, Trade
 from projections import queries as q
@@ -36,6 +39,31 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
+class Outbound:
+    """One message to clients, encoded once however many connections get it.
+
+    ``text`` is the JSON text; ``frame`` the complete WebSocket text frame carrying it as a server
+    sends it (RFC 6455 §5.2: FIN, opcode text, unmasked, no extension); ``size`` its length, which
+    a connection's queue bound counts. A connection sends either (``api.routers.ws``); the bytes
+    on the wire are the same.
+    """
+
+    __slots__ = ("frame", "size", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+        self.size = len(self.frame)
+
+    def __repr__(self) -> str:
+        return f"Outbound({self.text[:60]!r})"
+
+
+def encode(body: dict[str, Any]) -> Outbound:
+    """``body`` serialised and framed, once for every connection that gets it."""
+    return Outbound(dumps(body))
+
+
 class UnknownMarket(LookupError):
     pass
 
@@ -50,7 +78,7 @@ class Channel:
         self.market = key[1]
         self.seen: tuple[int, ...] | None = None
         self.broken = False  # a poll failed part-way: reload and send everyone a snapshot
-        self._snapshot: str | None = None
+        self._snapshot: Outbound | None = None
 
     def load(self, store: Any) -> None:
         raise NotImplementedError
@@ -58,12 +86,13 @@ class Channel:
     def snapshot_message(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def poll(self, store: Any) -> list[str]:
+    def poll(self, store: Any) -> list[Outbound]:
         raise NotImplementedError
 
-    def snapshot(self) -> str:
+    def snapshot(self) -> Outbound:
+        """The snapshot message, encoded once until the channel changes."""
         if self._snapshot is None:
-            self._snapshot = dumps(self.snapshot_message())
+            self._snapshot = encode(self.snapshot_message())
         return self._snapshot
 
     def changed(self) -> None:
@@ -90,8 +119,8 @@ class BookChannel(Channel):
         return {"type": "snapshot", "channel": "book", "market": self.market, "sequence": self.sequence,
                 "position": self.position, "bids": [list(b) for b in bids], "asks": [list(a) for a in asks]}
 
-    def poll(self, store: Any) -> list[str]:
-        out: list[str] = []
+    def poll(self, store: Any) -> list[Outbound]:
+        out: list[Outbound] = []
         for _ in range(MAX_PAGES_PER_TICK):
             updates = q.book_updates(store, self.market, after_sequence=self.sequence, limit=1000)
             if not updates:
@@ -110,7 +139,7 @@ class BookChannel(Channel):
                         else:
                             levels[price] = qty
                 self.sequence, self.position = u["sequence"], u["position"]
-                out.append(dumps({"type": "update", "channel": "book", "market": self.market,
+                out.append(encode({"type": "update", "channel": "book", "market": self.market,
                                   "sequence": u["sequence"], "position": u["position"],
                                   "bids": u["bids"], "asks": u["asks"]}))
             self.changed()
@@ -133,7 +162,7 @@ class TradesChannel(Channel):
     def snapshot_message(self) -> dict[str, Any]:
         return {"type": "snapshot", "channel": "trades", "market": self.market, "trades": list(self.recent)}
 
-    def poll(self, store: Any) -> list[str]:
+    def poll(self, store: Any) -> list[Outbound]:
         fresh: list[dict[str, Any]] = []
         cursor = None
         for _ in range(MAX_PAGES_PER_TICK):  # newest first, back to the last trade sent
@@ -150,7 +179,7 @@ class TradesChannel(Channel):
         trades = [public(Trade, r) for r in fresh]
         self.recent.extend(trades)
         self.changed()
-        return [dumps({"type": "update", "channel": "trades", "market": self.market, "trades": trades})]
+        return [encode({"type": "update", "channel": "trades", "market": self.market, "trades": trades})]
 
 
 class CandlesChannel(Channel):
@@ -172,7 +201,7 @@ class CandlesChannel(Channel):
         return {"type": "snapshot", "channel": "candles", "market": self.market, "interval": self.interval,
                 "candles": [self.candles[t] for t in sorted(self.candles, key=_epoch)]}
 
-    def poll(self, store: Any) -> list[str]:
+    def poll(self, store: Any) -> list[Outbound]:
         # Outcome times are request times, so a late outcome can still land in the bucket
         # before the latest one: look one bucket back.
         start = max((_epoch(t) for t in self.candles), default=0) - self.seconds
@@ -188,7 +217,7 @@ class CandlesChannel(Channel):
         for t in sorted(self.candles, key=_epoch)[:-RECENT]:
             del self.candles[t]
         self.changed()
-        return [dumps({"type": "update", "channel": "candles", "market": self.market,
+        return [encode({"type": "update", "channel": "candles", "market": self.market,
                        "interval": self.interval, "candles": changed})]
 
 
@@ -205,7 +234,7 @@ class TickerChannel(Channel):
     def snapshot_message(self) -> dict[str, Any]:
         return {"type": "snapshot", "channel": "ticker", "market": self.market, "ticker": self.ticker}
 
-    def poll(self, store: Any) -> list[str]:
+    def poll(self, store: Any) -> list[Outbound]:
         row = q.ticker(store, self.market)
         if row is None:
             return []
@@ -214,7 +243,7 @@ class TickerChannel(Channel):
             return []
         self.ticker = ticker
         self.changed()
-        return [dumps({"type": "update", "channel": "ticker", "market": self.market, "ticker": ticker})]
+        return [encode({"type": "update", "channel": "ticker", "market": self.market, "ticker": ticker})]
 
 
 CHANNELS: dict[str, Callable[[Key], Channel]] = {

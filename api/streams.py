@@ -10,8 +10,12 @@ embedded default it is the one process.
 
 Invariants:
 
-- One read per channel per tick whatever the number of subscribers; each message is serialised
-  once and the same string is offered to every subscriber.
+- One read per channel per tick whatever the number of subscribers; each message is encoded
+  once (``api.channels.Outbound``: its JSON text and its WebSocket frame, made in the hub's
+  thread) and the same object is offered to every subscriber. A broadcast offers a tick's
+  messages to each subscriber and then flushes it once: on the direct path of
+  ``api.routers.ws`` that is one socket write per connection per tick, the messages staying
+  separate frames in their order.
 - ``book``: a subscriber gets the channel's snapshot (the in-memory book, which is the read
   model's book at the channel's sequence) and then every update after it, without gaps. Snapshot
   and registration happen under the hub's lock, which the tick also holds while it reads and
@@ -33,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from api.channels import CHANNELS, MAX_PAGES_PER_TICK, Channel, Key, dumps
+from api.channels import CHANNELS, MAX_PAGES_PER_TICK, Channel, Key, Outbound, encode
 from api.user_stream import UserStream, order_resource, user_ids
 from projections import delivery
 from projections import queries as q
@@ -45,8 +49,12 @@ OUTCOME_PAGE = 1000
 
 
 class Subscriber(Protocol):
-    def offer(self, text: str) -> None:
-        """Queue a message without blocking (a full queue drops the subscriber)."""
+    def offer(self, message: Outbound) -> None:
+        """Queue a message without blocking or sending (a full queue drops the subscriber)."""
+
+    def flush(self) -> None:
+        """Send what is queued now if the connection takes it without waiting, else let the
+        connection's writer send it; never blocks."""
 
 
 class UserFollow:
@@ -96,7 +104,7 @@ class Hub:
 
     # -- subscriptions (called by connections) ------------------------------------------------
 
-    async def subscribe(self, sub: Subscriber, key: Key, before: str | None = None) -> None:
+    async def subscribe(self, sub: Subscriber, key: Key, before: Outbound | None = None) -> None:
         """Register ``sub`` on a public channel and offer it ``before`` (its ack) and the snapshot.
 
         Raises UnknownMarket (nothing offered). Subscribing again offers a fresh snapshot.
@@ -110,6 +118,7 @@ class Hub:
             if before is not None:
                 sub.offer(before)
             sub.offer(channel.snapshot())
+            sub.flush()
             self.subscribers.setdefault(key, set()).add(sub)
         self._start()
 
@@ -132,7 +141,8 @@ class Hub:
             snap = await self._call(self._user_snapshot, user_id)
             follow = self.users.setdefault(user_id, UserFollow())
             follow.since[sub] = snap["position"]
-            sub.offer(dumps(snap))
+            sub.offer(encode(snap))
+            sub.flush()
         self._start()
 
     async def unfollow_user(self, sub: Subscriber, user_id: str) -> None:
@@ -202,7 +212,7 @@ class Hub:
                 log.exception("WebSocket follower: a tick failed (retrying)")
 
     def _tick(self, channels: list[Channel], users: set[str]
-              ) -> tuple[list[tuple[Key, list[str]]], dict[str, list[tuple[int, str]]]]:
+              ) -> tuple[list[tuple[Key, list[Outbound]]], dict[str, list[tuple[int, Outbound]]]]:
         """Runs in the hub's thread: what each channel and each followed user gets now."""
         self.ticks += 1
         positions = {n: int(r["position"]) for n, r in q.positions(self.store).items()}
@@ -225,7 +235,7 @@ class Hub:
             channel.seen = seen
             if texts:
                 public_out.append((channel.key, texts))
-        user_out: dict[str, list[tuple[int, str]]] = {}
+        user_out: dict[str, list[tuple[int, Outbound]]] = {}
         if users and self.user_position is not None:
             try:
                 user_out = self._user_tick(positions, users)
@@ -234,7 +244,7 @@ class Hub:
                 user_out = self._user_restart(users)
         return public_out, user_out
 
-    def _user_restart(self, users: set[str]) -> dict[str, list[tuple[int, str]]]:
+    def _user_restart(self, users: set[str]) -> dict[str, list[tuple[int, Outbound]]]:
         """Start the user stream again from fresh snapshots (its state may hold a failed page).
 
         Each followed connection gets a new snapshot (a client resets on a snapshot) and then the
@@ -242,14 +252,15 @@ class Hub:
         self.user_stream = UserStream(self.store)
         self.user_position = self._head()
         self.notification_after = delivery.last_notification_id(self.store, self.user_position)
-        out: dict[str, list[tuple[int, str]]] = {}
+        out: dict[str, list[tuple[int, Outbound]]] = {}
         for user_id in users:
             snap = self._user_snapshot(user_id)
-            out[user_id] = [(-1, dumps(snap))]
+            out[user_id] = [(-1, encode(snap))]
             self.resync[user_id] = snap["position"]
         return out
 
-    def _user_tick(self, positions: dict[str, int], users: set[str]) -> dict[str, list[tuple[int, str]]]:
+    def _user_tick(self, positions: dict[str, int], users: set[str]
+                   ) -> dict[str, list[tuple[int, Outbound]]]:
         head = min(positions.get(n, 0) for n in USER_PROJECTIONS)
         assert self.user_position is not None
         collected: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}
@@ -286,34 +297,41 @@ class Hub:
                 self.notification_after = row["notification_id"]
             if len(rows) < 1000:
                 break
-        out: dict[str, list[tuple[int, str]]] = {}
+        out: dict[str, list[tuple[int, Outbound]]] = {}
         for user_id, items in collected.items():
             items.sort(key=lambda item: (item[0], item[1]))
-            out[user_id] = [(position, dumps(message)) for position, _, message in items]
+            out[user_id] = [(position, encode(message)) for position, _, message in items]
         return out
 
-    def _broadcast(self, result: tuple[list[tuple[Key, list[str]]], dict[str, list[tuple[int, str]]]]
-                   ) -> None:
+    def _broadcast(self, result: tuple[list[tuple[Key, list[Outbound]]],
+                                       dict[str, list[tuple[int, Outbound]]]]) -> None:
+        """Offer the tick's messages, then flush each subscriber that got any, once."""
         public_out, user_out = result
         sent = 0
-        for key, texts in public_out:
-            for sub in list(self.subscribers.get(key, ())):
-                for text in texts:
-                    sub.offer(text)
-                sent += len(texts)
-        for user_id, messages in user_out.items():
+        touched: dict[Subscriber, None] = {}  # in the order first offered
+        for key, messages in public_out:
+            subs = self.subscribers.get(key, ())
+            for sub in subs:
+                for m in messages:
+                    sub.offer(m)
+                touched[sub] = None
+            sent += len(messages) * len(subs)
+        for user_id, user_messages in user_out.items():
             follow = self.users.get(user_id)
             if follow is None:
                 continue
-            for sub, since in list(follow.since.items()):
-                for position, text in messages:
+            for sub, since in follow.since.items():
+                for position, m in user_messages:
                     if position > since or position == -1:  # -1: a restart's snapshot
-                        sub.offer(text)
+                        sub.offer(m)
+                        touched[sub] = None
                         sent += 1
             if user_id in self.resync:
                 position = self.resync.pop(user_id)
                 for sub in follow.since:
                     follow.since[sub] = position
+        for sub in touched:
+            sub.flush()
         self.sent += sent
 
     def stats(self) -> dict[str, Any]:

@@ -16,6 +16,22 @@ lets it fill is closed with code 4008 and reason ``slow_consumer``; nothing wait
 nothing is buffered without bound. A subscribe while subscribed answers a fresh snapshot (the
 way to resync after a gap). An expired token stops the ``user`` channel with a
 ``not_authenticated`` error; a new ``auth`` resumes it.
+
+How a connection writes: under uvicorn's default WebSocket implementation (``websockets``
+sans-I/O, no extension negotiated — ``spotex serve`` turns per-message deflate off) it writes
+each message's ready-made frame (``api.channels.Outbound``, encoded once for all connections)
+straight to the connection's transport, everything queued in one write, while the transport
+takes writes (uvicorn's own flow control: the ``writable`` event its ``pause_writing`` clears).
+That skips, per message and connection, the ASGI send chain, the UTF-8 encode and the frame
+serialisation (``docs/performance.md``, "WebSocket fan-out"). The frames are the ones the ASGI
+path would send, whole, so they interleave safely with uvicorn's own pings, pongs and close
+frames (all written from the event loop's thread). Anything else — another server or
+implementation, an extension, ``SPOTEX_WS_DIRECT=0`` — goes through ASGI ``send`` per message.
+
+What a client that stops reading holds on the server, at most: its queue's bound, uvicorn's
+transport buffer (its 64 KiB high-water mark plus one write of up to ``WRITE_CHUNK``), and the
+kernel's socket send buffer — which Linux autotunes up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB)
+unless ``SPOTEX_WS_SEND_BUFFER`` (bytes, ``SO_SNDBUF``) sets it per connection.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -33,8 +50,9 @@ from typing import Any
 import jwt
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
+from websockets.protocol import State
 
-from api.channels import CHANNELS, Key, UnknownMarket, dumps
+from api.channels import CHANNELS, Key, Outbound, UnknownMarket, dumps
 from api.security import InvalidToken, Principal, decode_token
 from api.streams import Hub
 from projections.candles import PERIODS
@@ -48,6 +66,7 @@ OPS_PER_SECOND, OPS_BURST = 20.0, 100.0
 CLOSE_TIMEOUT = 30.0  # for the close frame to get past a slow client's full buffers
 SLOW_CONSUMER = 4008
 FIELDS = {"op", "id", "channel", "market", "interval", "token"}
+WRITE_CHUNK = 64 * 1024  # bytes per transport write on the direct path (uvicorn's high-water mark)
 
 
 class OpError(Exception):
@@ -77,14 +96,47 @@ async def close_hub(app: Any) -> None:
         await hub.close()
 
 
+def uvicorn_protocol(websocket: WebSocket) -> Any | None:
+    """uvicorn's ``websockets`` sans-I/O protocol object behind ``websocket``, if that is it."""
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:
+        return None
+    # Starlette hands the endpoint uvicorn's own receive (middleware wraps send, not receive).
+    proto = getattr(getattr(websocket, "_receive", None), "__self__", None)
+    return proto if isinstance(proto, WebSocketsSansIOProtocol) else None
+
+
+def direct_protocol(websocket: WebSocket) -> Any | None:
+    """uvicorn's protocol object of an accepted ``websocket`` if whole frames may be written to
+    its transport (the module docstring), else None: the ASGI path."""
+    if os.environ.get("SPOTEX_WS_DIRECT", "1") == "0":
+        return None
+    proto = uvicorn_protocol(websocket)
+    if proto is None:
+        return None
+    if (proto.conn.extensions or proto.transport is None
+            or not isinstance(getattr(proto, "writable", None), asyncio.Event)
+            or not hasattr(proto, "close_sent") or not hasattr(proto, "disconnected")):
+        return None
+    return proto
+
+
+def _open(proto: Any) -> bool:
+    """Data frames may still go out (no close sent or received, the socket up)."""
+    return (not proto.close_sent and not proto.disconnected and proto.conn.state is State.OPEN
+            and not proto.transport.is_closing())
+
+
 class Connection:
     """One client: its subscriptions, its identity, and its bounded outgoing queue."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub, secret: str) -> None:
+    def __init__(self, websocket: WebSocket, hub: Hub, secret: str, direct: Any | None = None) -> None:
         self.ws = websocket
         self.hub = hub
         self.secret = secret
-        self.queue: deque[str] = deque()
+        self.direct = direct  # uvicorn's protocol: write frames to its transport (direct_protocol)
+        self.queue: deque[Outbound] = deque()
         self.queued_bytes = 0
         self.ready = asyncio.Event()
         self.dropped = asyncio.Event()
@@ -96,35 +148,77 @@ class Connection:
 
     # -- outgoing -----------------------------------------------------------------------------
 
-    def offer(self, text: str) -> None:
+    def offer(self, message: Outbound) -> None:
+        """Queue without sending (``flush`` sends); a full queue drops the connection."""
         if self.dropped.is_set():
             return
-        if len(self.queue) >= self.hub.queue_messages or self.queued_bytes + len(text) > self.hub.queue_bytes:
+        if (len(self.queue) >= self.hub.queue_messages
+                or self.queued_bytes + message.size > self.hub.queue_bytes):
             self.queue.clear()
             self.queued_bytes = 0
             self.dropped.set()
             return
-        self.queue.append(text)
-        self.queued_bytes += len(text)
-        self.ready.set()
+        self.queue.append(message)
+        self.queued_bytes += message.size
+
+    def flush(self) -> None:
+        """Send what is queued now if the transport takes it, else wake the writer; never waits."""
+        if not self.queue:
+            return
+        if self.direct is not None and self.direct.writable.is_set() and _open(self.direct):
+            self._write_direct()
+        if self.queue:
+            self.ready.set()
+
+    def _write_direct(self) -> None:
+        """Write queued frames in order, in writes of up to WRITE_CHUNK bytes, while the
+        transport takes them (uvicorn clears ``writable`` above its high-water mark)."""
+        queue, proto = self.queue, self.direct
+        assert proto is not None
+        while queue and proto.writable.is_set():
+            first = queue.popleft()
+            size = first.size
+            if not queue or size >= WRITE_CHUNK:
+                self.queued_bytes -= size
+                proto.transport.write(first.frame)
+                continue
+            frames = [first.frame]
+            while queue and size < WRITE_CHUNK:
+                m = queue.popleft()
+                frames.append(m.frame)
+                size += m.size
+            self.queued_bytes -= size
+            proto.transport.write(b"".join(frames))
 
     def reply(self, message: dict[str, Any], request_id: Any = None) -> None:
         if request_id is not None:
             message["id"] = request_id
-        self.offer(dumps(message))
+        self.offer(Outbound(dumps(message)))
+        self.flush()
 
     def error(self, code: str, message: str, details: Any = None, request_id: Any = None) -> None:
         self.reply({"type": "error", "error": {"code": code, "message": message, "details": details}},
                    request_id)
 
     async def writer(self) -> None:
+        """Sends what ``flush`` could not: on the direct path once the transport takes writes
+        again; on the ASGI path every message, one ``send`` each. Returns when the socket is no
+        longer open (the reader sees the disconnect)."""
+        proto = self.direct
         while True:
             await self.ready.wait()
             self.ready.clear()
-            while self.queue:
-                text = self.queue.popleft()
-                self.queued_bytes -= len(text)
-                await self.ws.send_text(text)
+            if proto is not None:
+                while self.queue:
+                    await proto.writable.wait()
+                    if not _open(proto):
+                        return
+                    self._write_direct()
+            else:
+                while self.queue:
+                    message = self.queue.popleft()
+                    self.queued_bytes -= message.size
+                    await self.ws.send_text(message.text)
 
     # -- incoming -----------------------------------------------------------------------------
 
@@ -268,7 +362,7 @@ class Connection:
         if request_id is not None:
             ack["id"] = request_id
         try:
-            await self.hub.subscribe(self, key, before=dumps(ack))
+            await self.hub.subscribe(self, key, before=Outbound(dumps(ack)))
         except UnknownMarket:
             raise OpError("not_found", f"no such market {key[1]}", {"field": "market"}) from None
         self.keys.add(key)
@@ -312,5 +406,12 @@ class Connection:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     hub = hub_of(websocket)
     await websocket.accept()
-    connection = Connection(websocket, hub, websocket.app.state.services.settings.jwt_secret)
+    send_buffer = int(os.environ.get("SPOTEX_WS_SEND_BUFFER") or 0)
+    proto = uvicorn_protocol(websocket) if send_buffer else None
+    sock = proto.transport.get_extra_info("socket") if proto is not None and proto.transport else None
+    if sock is not None:  # bound the kernel's buffer too (else it autotunes, to 4 MiB on Linux)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    connection = Connection(websocket, hub, websocket.app.state.services.settings.jwt_secret,
+                            direct_protocol(websocket))
     await connection.run()

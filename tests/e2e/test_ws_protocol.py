@@ -35,7 +35,8 @@ def run(coro: Any) -> Any:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start_server(tmp_path_factory.mktemp("spotex-ws-protocol"),
-                     {"SPOTEX_WS_MAX_QUEUE": "50", "SPOTEX_WS_MAX_QUEUE_BYTES": "20000"})
+                     {"SPOTEX_WS_MAX_QUEUE": "50", "SPOTEX_WS_MAX_QUEUE_BYTES": "20000",
+                      "SPOTEX_WS_SEND_BUFFER": "16384"})
     try:
         yield s
     finally:
@@ -144,7 +145,11 @@ def test_a_slow_client_is_dropped_with_a_reason_and_others_keep_streaming(
         server: Server, anon: Api, admin: Api, market: str) -> None:
     trader, username, _ = anon.onboard("slow")
     fund(admin, username, "USDT", "1000000")
-    for i in range(40):  # a deep book: each snapshot is a few kilobytes
+    # A deep book: each snapshot is a few kilobytes, so the snapshots the slow client asks for
+    # (~300 KB) overflow what the sockets (SPOTEX_WS_SEND_BUFFER) and uvicorn's transport buffer
+    # hold for it, and then its queue. (The server writes while the transport takes writes: a
+    # burst of ops alone, read promptly, does not make a client slow.)
+    for i in range(160):
         ok(trader.post("/v1/orders", {"market": "BTC-USDT", "side": "buy", "type": "limit",
                                       "price": f"{100 + i}.00", "quantity": "0.1000"}), 202)
 
