@@ -52,6 +52,7 @@ from eventsourcing.utils import Environment, register_topic
 from psycopg.sql import SQL, Identifier
 
 from engine.exchange import RequestRecord, canonical
+from engine.jsondecode import loads
 
 EXCHANGE_STREAM_ID = UUID("00000000-0000-4000-8000-00000000e0e0")
 PROCESS_RECORDER_TOPIC = "engine.log:BinaryPostgresProcessRecorder"
@@ -96,7 +97,6 @@ _string = json.encoder.encode_basestring  # what that encoder does with a str, w
 def _str(value: Any) -> str:
     return _string(value) if type(value) is str else _json(value)
 _TYPE_KEY = b'"_type_"'
-_decode = json.JSONDecoder().decode  # json.loads(bytes) would sniff the encoding on every call
 
 
 class BinaryPostgresProcessRecorder(PostgresProcessRecorder):
@@ -126,7 +126,7 @@ def _timestamp_only(state: bytes) -> dict[str, Any] | None:
     transcoded value (the one ``"_type_"`` in the bytes); None: let the Mapper decode it."""
     if state.count(_TYPE_KEY) != 1:
         return None
-    data = _decode(state.decode())
+    data = loads(state)
     if not isinstance(data, dict):
         return None
     ts = data.get("timestamp")
