@@ -57,6 +57,9 @@ def open_logs(settings: Settings) -> Logs:
     """The logs of this configuration, without creating a table or a file."""
     envs = event_store_envs(settings, create_tables=False)
     for name, env in envs.items():
+        if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+            # one reader per log and process: a parallel audit must not take the server's connections
+            env["POSTGRES_POOL_SIZE"], env["POSTGRES_MAX_OVERFLOW"] = "1", "2"
         if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
             path = Path(env["SQLITE_DBNAME"])
             if not path.exists():
@@ -66,6 +69,14 @@ def open_logs(settings: Settings) -> Logs:
         return Logs.open(envs)
     except Exception as exc:
         raise StoreError(f"cannot open the logs: {exc}") from exc
+
+
+def close_logs(logs: Logs) -> None:
+    """Give the stores' connections back (each segment opens its own)."""
+    for recorder in (logs.requests, logs.exchange, logs.snapshots):
+        close = getattr(getattr(recorder, "datastore", None), "close", None)
+        if close is not None:
+            close()
 
 
 def _pages(fetch: Callable[[int], Sequence[Any]], after: int = 0) -> Iterator[Any]:
@@ -276,9 +287,12 @@ def audit_segment(
     )
     found: list[AuditViolation] = []
     gc.freeze()  # what the run keeps is long-lived and acyclic: spare the collector rescanning it
-    for v in run.run(requests, outcomes):
-        if len(found) < MAX_FOUND:
-            found.append(v)
+    try:
+        for v in run.run(requests, outcomes):
+            if len(found) < MAX_FOUND:
+                found.append(v)
+    finally:
+        close_logs(logs)
     report = run.report()
     report["seconds"] = {label: round(time.perf_counter() - started, 3)}
     return found, report, "\n".join(run.new_ids())
@@ -344,6 +358,7 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         engine_position, requests_head = logs.engine_position(), logs.last_request_position()
         tracked = engine_position if args.until is None or args.until >= last else None
         snapshots, found = read_snapshots(logs)
+        close_logs(logs)
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
         return 2
