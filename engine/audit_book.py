@@ -72,10 +72,14 @@ class BookCheck:
             order = self.orders.get(oid)
             if order is not None and not order.resting:
                 out.append(("order_unresolved", f"order {oid} neither rests nor is closed after its outcome"))
+        sides = self.sides
         for market in sorted(self._touched):
-            bid, ask = self.best(market, "buy"), self.best(market, "sell")
-            if bid is not None and ask is not None and bid.price >= ask.price:  # type: ignore[operator]
-                out.append(("crossed_book", f"{market}: best bid {bid.price} ≥ best ask {ask.price} (ticks)"))
+            # a level's key is its orders' price (bids: minus it), so the best prices are the keys
+            bids, asks = sides.get((market, "buy")), sides.get((market, "sell"))
+            if bids and asks:
+                bid, ask = -bids.peekitem(0)[0], asks.peekitem(0)[0]
+                if bid >= ask:
+                    out.append(("crossed_book", f"{market}: best bid {bid} ≥ best ask {ask} (ticks)"))
         return out
 
     # -- the model ----------------------------------------------------------------------------

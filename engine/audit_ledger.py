@@ -137,6 +137,8 @@ class LedgerCheck:
             sums[asset] = sums.get(asset, 0) + d_available + d_frozen
             touched.add(key)
         # The totals over all accounts move only by what a fact fails to balance.
+        if not any(sums.values()):
+            return
         for asset, total in sorted(sums.items()):
             if total:
                 self.totals[asset] = self.totals.get(asset, 0) + total
