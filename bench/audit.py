@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/audit.py [--url postgresql://postgres@127.0.0.1:5432] [-n 1000000]
                                     [--db spotex_bench_audit] [--rebuild] [--phases 200000]
+                                    [--jobs J] [--skip-full]
 
 1. Makes sure the scratch database ``--db`` holds a complete log of N requests and their N
    outcomes, built with the real engine (``bench/engine.py``'s seeded workload: limit orders near
    a drifting mid, cancels of live orders, market orders; ``Sequencer`` in batches of 5,000,
    snapshots every 100,000). The database is kept, so a rerun only audits; ``--rebuild`` makes it
    again. Building 1,000,000 takes several minutes.
-2. Times the real command (``spotex audit --json`` in this process, two processes on two or more
-   CPUs): seconds, outcomes/s and events/s (an event is a stored request or outcome, so the
-   N-request log is 2·N events).
+2. Times the real command (``spotex audit --json --jobs J`` in this process; J defaults to the
+   CPUs, the segments between snapshots run on J worker processes): seconds, outcomes/s and
+   events/s (an event is a stored request or outcome, so the N-request log is 2·N events), the
+   CPU time of all its processes, the load average before and after.
 3. Times each phase alone, single-threaded, over the first ``--phases`` outcomes: reading the
    rows, decoding them, the hash chain, the ledger fold, the book fold, and re-execution (execute
    plus comparing the facts); it prints µs per outcome and the rate each phase alone would allow.
@@ -21,6 +23,7 @@ Figures go to stdout; ``docs/performance.md`` records them with the machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -102,11 +105,11 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def full_audit(settings: Settings) -> dict[str, Any]:
+def full_audit(settings: Settings, jobs: int | None) -> dict[str, Any]:
     os.environ["SPOTEX_DATABASE_URL"] = str(settings.database_url)
     out = io.StringIO()
     started, cpu = time.perf_counter(), _cpu()
-    code = audit_cli.audit(argparse.Namespace(until=None, json=True), out=out)
+    code = audit_cli.audit(argparse.Namespace(until=None, json=True, jobs=jobs), out=out)
     seconds, cpu = time.perf_counter() - started, _cpu() - cpu
     report: dict[str, Any] = json.loads(out.getvalue())
     report["exit"], report["wall"], report["cpu"] = code, seconds, cpu
@@ -115,7 +118,17 @@ def full_audit(settings: Settings) -> dict[str, Any]:
 
 def phases(settings: Settings, count: int) -> list[tuple[str, float]]:
     """CPU seconds per phase over the first ``count`` outcomes (and their requests), one thread
-    (the reads include the client's side of the database round trips only)."""
+    (the reads include the client's side of the database round trips only). The phases hold all
+    ``count`` outcomes in memory, which the streaming audit never does, so the cyclic garbage
+    collector is off while they run (otherwise its passes over them are charged to decoding)."""
+    gc.disable()
+    try:
+        return _phases(settings, count)
+    finally:
+        gc.enable()
+
+
+def _phases(settings: Settings, count: int) -> list[tuple[str, float]]:
     logs = audit_cli.open_logs(settings)
     out: list[tuple[str, float]] = []
 
@@ -126,12 +139,13 @@ def phases(settings: Settings, count: int) -> list[tuple[str, float]]:
         return result
 
     def read(recorder: Any, until: int | None) -> list[Any]:
+        """Pages as the audit reads them (``audit_cli._pg_fetch`` on PostgreSQL)."""
+        fetch = audit_cli._pg_fetch(recorder, until)
+        assert fetch is not None, "the phases are timed on PostgreSQL"
         rows: list[Any] = []
         after = 0
         while len(rows) < count:
-            page = recorder.select_notifications(
-                start=after, limit=5000, stop=until, inclusive_of_start=False
-            )
+            page = fetch(after)
             if not page:
                 break
             rows += page
@@ -162,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rebuild", action="store_true", help="build the log again")
     p.add_argument("--phases", type=int, default=200_000, help="outcomes timed per phase (0: skip)")
     p.add_argument("--skip-full", action="store_true", help="only the phases")
+    p.add_argument("--jobs", type=int, default=None, help="processes for the audit (default: CPUs)")
     args = p.parse_args(argv)
     print_machine()
     settings = ensure_log(args.url, args.db, args.n, args.rebuild)
@@ -169,16 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average before: {load} (other work on this machine slows every figure)")
     if not args.skip_full:
-        r = full_audit(settings)
+        r = full_audit(settings, args.jobs)
         events = r["outcomes"] + r["requests"]
-        print(f"\nspotex audit: exit {r['exit']}, {r['outcomes']:,} outcomes + {r['requests']:,} requests "
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\nspotex audit --jobs {r['jobs']} (load average after it {load}): exit {r['exit']}, "
+              f"{r['outcomes']:,} outcomes + {r['requests']:,} requests "
               f"= {events:,} events in {r['wall']:.1f} s: {r['outcomes'] / r['wall']:,.0f} outcomes/s, "
               f"{events / r['wall']:,.0f} events/s")
         print(f"  facts {sum(r['facts'].values()):,} ({r['facts']})")
         print(f"  snapshots checked {r['snapshots_checked']}; violations {r['violations']}")
-        print(f"  seconds per process: {r['seconds']}")
+        print(f"  {r['segments']} segments on {r['jobs']} worker processes; seconds: {r['seconds']}")
         per = r["cpu"] / r["outcomes"] * 1e6
-        print(f"  CPU: {r['cpu']:.1f} s in both processes = {per:.0f} µs per outcome; "
+        print(f"  CPU: {r['cpu']:.1f} s in all processes = {per:.0f} µs per outcome; "
               f"{r['outcomes'] / r['cpu']:,.0f} outcomes/s per busy CPU")
     if args.phases:
         print(f"\nphases, CPU time of one thread, over the first {args.phases:,} outcomes:")
