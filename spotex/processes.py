@@ -55,6 +55,36 @@ def engine_options(environ: Mapping[str, str] | None = None) -> dict[str, int | 
     }
 
 
+def listen_for_requests(settings: Settings, channel: str, wake: threading.Event, stop: threading.Event
+                        ) -> threading.Thread:
+    """Set ``wake`` on every NOTIFY of the requests table (the library sends one per append).
+
+    So the engine starts on a request as soon as an api process committed it, instead of at its
+    next idle poll; the poll stays as the fallback (a lost connection is retried every second).
+    """
+    import psycopg
+    from psycopg import sql
+
+    assert settings.database_url is not None
+
+    def listen() -> None:
+        while not stop.is_set():
+            try:
+                with psycopg.connect(settings.database_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    wake.set()  # whatever came before LISTEN
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            wake.set()
+            except psycopg.Error as exc:
+                log.warning("engine: listening for requests failed (%s); polling until it reconnects", exc)
+                stop.wait(1.0)
+
+    thread = threading.Thread(target=listen, name="spotex-engine-listen", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_engine(args: argparse.Namespace) -> int:
     """Consume requests until SIGINT/SIGTERM; a committed batch is never lost or repeated.
 
@@ -95,7 +125,11 @@ def run_engine(args: argparse.Namespace) -> int:
             options["batch_size"],
             options["snapshot_every"],
         )
-        sequencer.run(stop, max_idle=0.02)
+        wake = threading.Event()
+        channel = getattr(logs.requests, "channel_name", None)
+        if settings.backend == "postgres" and isinstance(channel, str):
+            listen_for_requests(settings, channel, wake, stop)
+        sequencer.run(stop, wake, max_idle=0.02)
     except CorruptLog as exc:
         log.critical("engine: the exchange log is corrupt, refusing to go on: %s", exc)
         return EXIT_CORRUPT

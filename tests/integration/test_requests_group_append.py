@@ -91,3 +91,31 @@ def test_ids_already_in_the_log_fall_back_to_one_at_a_time_and_lose_nothing(logs
 def test_an_empty_batch_appends_nothing(logs: Logs) -> None:
     assert logs.append_requests([]) == []
     assert logs.read_requests(0, 10) == []
+
+
+def test_the_engine_process_is_woken_by_the_notify_of_each_append(
+    make_postgres_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    """Given ``spotex engine``'s listener on a PostgreSQL requests log, when an api process
+    appends (one request, or a group), then the engine's wake event is set by the NOTIFY."""
+    import threading
+
+    from spotex.processes import listen_for_requests
+
+    with make_postgres_database() as url:
+        settings = Settings(database_url=url)
+        logs = build_logs(settings, create_tables=True)
+        wake, stop = threading.Event(), threading.Event()
+        channel = logs.requests.channel_name  # type: ignore[attr-defined]
+        thread = listen_for_requests(settings, channel, wake, stop)
+        try:
+            assert wake.wait(10), "the listener sets wake once it listens"
+            for batch in ([(uuid.uuid4(), "admin", deposit("1"), T0)],
+                          [(uuid.uuid4(), "admin", deposit(str(n)), T0) for n in range(2, 5)]):
+                wake.clear()
+                logs.append_requests(batch)
+                assert wake.wait(10), "an append must wake the engine"
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        assert not thread.is_alive()
