@@ -6,7 +6,8 @@ use that). It migrates the read tables, registers the built-in users, then runs 
 
 - the engine thread: ``Sequencer.run``, woken by a ``threading.Event`` that every append sets;
 - the projections thread: ``projections.runner.run_in_process``, woken after each engine batch;
-- uvicorn in the main thread.
+- uvicorn in the main thread, once the engine and the read models have taken in what was
+  waiting (at most ``STARTUP_CATCH_UP_SECONDS``), so the built-in users can log in at once.
 
 On SIGINT or SIGTERM uvicorn stops taking requests and finishes those in flight; then the
 engine drains every request already appended (an acknowledged request is in the requests log
@@ -39,6 +40,7 @@ from spotex.wiring import build_logs
 log = logging.getLogger("spotex.serve")
 
 DRAIN_PROJECTIONS_SECONDS = 10.0
+STARTUP_CATCH_UP_SECONDS = 30.0
 
 
 def redis_url_for(settings: Settings, environ: Mapping[str, str]) -> str | None:
@@ -193,6 +195,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     delivery.start()
     if maker is not None:
         maker.start()
+    _await_startup(sequencer, engine, projections, services, logs)
 
     # No per-message deflate on WebSockets: it doubles memory per connection and costs CPU on
     # every broadcast frame (bench/ws.py; docs/performance.md).
@@ -212,6 +215,30 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         _shut_down(sequencer, engine, engine_stop, projections, projections_stop, projections_wake,
                    maker, maker_stop, services, logs, store)
     return 0 if engine.failure is None else 1
+
+
+def _await_startup(sequencer: Sequencer, engine: Worker, projections: Worker, services: Any, logs: Logs,
+                   limit: float = STARTUP_CATCH_UP_SECONDS) -> None:
+    """Let the engine and the read models take in what is waiting before the api answers.
+
+    So the built-in users printed in the banner can log in at once (a login reads the users
+    read model), and a restart's reads are not stale at first. Bounded: a long backlog is
+    caught up with while the api already answers (``/readyz`` shows the lag).
+    """
+    deadline = time.monotonic() + limit
+    target = logs.last_request_position()
+    while sequencer.request_position < target and engine.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    head = logs.last_outcome_position()
+    while projections.is_alive() and time.monotonic() < deadline:
+        try:
+            if services.reads.projected_position() >= head:
+                return
+        except Exception:
+            return
+        time.sleep(0.02)
+    if time.monotonic() >= deadline:
+        log.warning("still catching up after %.0fs; serving while the engine and read models follow", limit)
 
 
 def _shut_down(sequencer: Sequencer, engine: Worker, engine_stop: threading.Event,
