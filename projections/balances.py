@@ -21,6 +21,7 @@ COLUMNS = (
 
 class Balances(Projection):
     name = "balances"
+    rebuild_cost = 75
     interest = words("postings")
     tables = {"balances": ("account", "asset")}
     uses_catalog = True
@@ -31,6 +32,8 @@ class Balances(Projection):
                           render=self.render)
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+        if self.rows.in_memory:
+            return
         for o in events:
             for f in o.facts:
                 for account, asset, _a, _f in f.get("postings", ()):

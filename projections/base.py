@@ -176,6 +176,10 @@ class Keyed:
         self.dirty: dict[Key, Row | None] = {}
         self.wanted: set[Key] = set()
         self.loaded_all = False
+        # Keys known to be in the table (None: unknown). Set by ``start_fresh`` on an empty
+        # table: new rows are then plain inserts (COPY), and a key never written needs no delete.
+        self.stored: set[Key] | None = None
+        self._fresh_complete = False
         self.tx: Tx | None = None
         cols = ", ".join(self.columns)
         self._select = f"SELECT {cols} FROM {table}"
@@ -192,6 +196,21 @@ class Keyed:
         if len(key) == 1:
             return (row[key[0]],)
         return tuple(row[k] for k in key)
+
+    def start_fresh(self) -> None:
+        """The table is empty (a rebuild's copy at position 0): a key not in memory has no row,
+        so nothing is read back while the cache holds every row (up to ``max_cached``)."""
+        self.stored = set()
+        self.cache.clear()
+        self.dirty.clear()
+        self.wanted.clear()
+        if not self.complete:
+            self.complete = self.loaded_all = self._fresh_complete = True
+
+    @property
+    def in_memory(self) -> bool:
+        """Every row is in the cache (a miss means no row): nothing to prefetch."""
+        return self.complete and self.loaded_all
 
     def want(self, key: Key) -> None:
         if key not in self.cache:
@@ -246,13 +265,19 @@ class Keyed:
 
     def flush(self, tx: Tx) -> None:
         upserts = []
+        inserts = []
         deletes = []
         render = self.render
         columns = self.columns
         big_at = [i for i, c in enumerate(columns) if c in self.big]
+        stored = self.stored
         for key, row in self.dirty.items():
             if row is None:
-                deletes.append(key)
+                if stored is None:
+                    deletes.append(key)
+                elif key in stored:
+                    deletes.append(key)
+                    stored.discard(key)
                 continue
             if render is not None:
                 render(row)
@@ -260,10 +285,19 @@ class Keyed:
             for i in big_at:
                 if values[i] is not None:
                     values[i] = str(values[i])
-            upserts.append(values)
+            if stored is None or key in stored:
+                upserts.append(values)
+            else:
+                inserts.append(values)
+                stored.add(key)
         tx.executemany(self._delete, deletes)
         tx.upsert_many(self.table, columns, self.key, upserts)
+        tx.insert_many(self.table, columns, inserts)
         self.dirty.clear()
+        if self._fresh_complete and len(self.cache) > self.max_cached:
+            # back to reading rows on demand: memory stays bounded on a long log
+            self.complete = self.loaded_all = self._fresh_complete = False
+            self.stored = None
         if not self.complete and len(self.cache) > self.max_cached:
             self.cache.clear()
 
@@ -295,6 +329,9 @@ class Projection:
     # The fact types it reads, as they appear in the stored JSON; outcomes that name none of
     # them are skipped without being decoded (their position is still tracked). None: all.
     interest: ClassVar[frozenset[bytes] | None] = None
+    # Relative CPU cost of a rebuild (µs per outcome, measured by bench/projections.py): how
+    # ``rebuild --processes`` balances its groups.
+    rebuild_cost: ClassVar[int] = 50
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         self.t = {logical: names.get(logical, logical) for logical in self.tables}
@@ -323,6 +360,13 @@ class Projection:
             self.state_changed = True
 
     # -- the fold -------------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        """Called on a new instance whose tables are known to be empty (a rebuild's copies at
+        position 0): its keyed tables then need no reads while they fit in memory."""
+        for value in vars(self).values():
+            if isinstance(value, Keyed):
+                value.start_fresh()
 
     def begin(self, tx: Tx, events: Sequence[Any]) -> None:
         """Prefetch what the batch touches (default: nothing)."""

@@ -24,6 +24,7 @@ CHANGE = ("market", "sequence", "side", "price", "quantity", "price_str", "quant
 
 class Book(Projection):
     name = "book"
+    rebuild_cost = 110
     interest = words("OrderBooked", "TradeExecuted", "OrderAmended", "OrderClosed")
     # in the order queries read them (book(): state, then levels): the swap locks them so
     tables = {
@@ -48,7 +49,7 @@ class Book(Projection):
         self.changes = Appends(self.t["book_changes"], CHANGE)
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
-        for o in events:
+        for o in () if self.orders.in_memory else events:
             for f in o.facts:
                 kind = f["type"]
                 if kind == "TradeExecuted":
@@ -74,7 +75,7 @@ class Book(Projection):
             if new == 0:
                 self.levels.delete(key)
             else:
-                self.levels.put({"market": market, "side": side, "price": price, "quantity": new})
+                self.levels.put({"market": market, "side": side, "price": price, "quantity": new}, key)
 
         for f in o.facts:
             kind = f["type"]

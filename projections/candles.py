@@ -25,6 +25,7 @@ BIG = ("open", "high", "low", "close", "volume", "quote_volume")
 
 class Candles(Projection):
     name = "candles"
+    rebuild_cost = 45
     interest = words("TradeExecuted")
     tables = {"candles": ("market", "period", "open_time")}
     uses_catalog = True
@@ -35,6 +36,8 @@ class Candles(Projection):
                           render=self.render, max_cached=50_000)
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+        if self.rows.in_memory:
+            return
         for o in events:
             t: int | None = None
             for f in o.facts:
@@ -68,7 +71,7 @@ class Candles(Projection):
                     row["volume"] += lots
                     row["quote_volume"] += quote
                     row["trades"] += 1
-                self.rows.put(row)
+                self.rows.put(row, key)
 
     def render(self, row: Row) -> None:
         m = self.catalog.markets[row["market"]]

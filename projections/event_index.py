@@ -21,6 +21,7 @@ REJECTIONS = ("OrderRejected", "AmendRejected", "CancelRejected", "RequestReject
 
 class OutcomeIndex(Projection):
     name = "outcome_index"
+    rebuild_cost = 45
     tables = {"outcome_index": ("request_id",)}
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
@@ -48,6 +49,7 @@ class OutcomeIndex(Projection):
 
 class RequestIndex(Projection):
     name = "request_index"
+    rebuild_cost = 30
     source = "requests"
     tables = {"request_index": ("event_id",)}
 

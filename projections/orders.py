@@ -49,6 +49,7 @@ def average_price(filled_quote: int, filled_lots: int, lot_size: str, quote_prec
 
 class Orders(Projection):
     name = "orders"
+    rebuild_cost = 130
     interest = words(
         "OrderAccepted", "OrderRejected", "TradeExecuted", "OrderBooked", "OrderAmended", "OrderClosed"
     )
@@ -60,6 +61,8 @@ class Orders(Projection):
         self.rows = Keyed(self.t["orders"], ("order_id",), COLUMNS, BIG, render=self.render)
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+        if self.rows.in_memory:
+            return
         for o in events:
             for f in o.facts:
                 kind = f["type"]
@@ -109,7 +112,7 @@ class Orders(Projection):
 
     def _touch(self, row: Row, o: RecordedOutcome) -> None:
         row["updated_at"], row["position"] = o.time, o.position
-        self.rows.put(row)
+        self.rows.put(row, (row["order_id"],))
 
     def _accepted(self, o: RecordedOutcome, f: Mapping[str, Any]) -> None:
         market = self.catalog.markets[f["market"]]

@@ -15,21 +15,35 @@ differing rows by primary key. The copies are dropped afterwards.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import random
 import re
 import secrets
+import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from engine.log import Logs
 from projections.base import Projection
 from projections.locks import ProjectionLock
-from projections.runner import Follower, Progress, catch_up, log_sources, make_lookup
+from projections.runner import (
+    Follower,
+    Progress,
+    ProjectionFailed,
+    catch_up,
+    log_sources,
+    make_lookup,
+)
 from projections.store import ReadStore, Tx
 from projections.tracking import ensure_tracking, new_generation
+from spotex.config import Settings
 
 LOCK_TIMEOUT = 300.0
+# Events per transaction while replaying beside: a row changed many times in a page is written
+# once, and the per-page costs (tracking rows, statements) are paid ten times less often.
+REBUILD_BATCH = 10_000
 SWAP_LOCK_TIMEOUT = "250ms"
 INDEX_RE = re.compile(r'^CREATE (UNIQUE )?INDEX\s+(?:"[^"]+"|\S+)\s+ON\s+(?:"[^"]+"|[A-Za-z0-9_]+)\s*\(')
 
@@ -139,7 +153,8 @@ def start_beside(store: ReadStore, logs: Logs, classes: Sequence[type[Projection
             tx.execute("DELETE FROM projection_tracking WHERE name = ?", (tracking_name,))
             tx.execute("DELETE FROM projection_errors WHERE name = ?", (tracking_name,))
             ensure_tracking(tx, tracking_name, cls.source)
-        out.append(Beside(cls, purpose, shadows, Follower(store, cls, lookup, tracking_name, shadows)))
+        follower = Follower(store, cls, lookup, tracking_name, shadows, fresh=True)
+        out.append(Beside(cls, purpose, shadows, follower))
     return out
 
 
@@ -152,7 +167,92 @@ def _replay(
         if not group:
             continue
         stop_at = until.get(source.name) if until else None
-        catch_up(group, source, until=stop_at, progress=progress)
+        catch_up(group, source, until=stop_at, progress=progress, batch=REBUILD_BATCH)
+
+
+def split(classes: Sequence[type[Projection]], groups: int) -> list[list[type[Projection]]]:
+    """Projections in ``groups`` groups of about equal cost (``Projection.rebuild_cost``):
+    the heaviest first, each into the lightest group so far."""
+    out: list[list[type[Projection]]] = [[] for _ in range(max(1, min(groups, len(classes))))]
+    load = [0] * len(out)
+    for cls in sorted(classes, key=lambda c: (-c.rebuild_cost, c.name)):
+        i = load.index(min(load))
+        out[i].append(cls)
+        load[i] += cls.rebuild_cost
+    return [g for g in out if g]
+
+
+def _replay_group(
+    settings: Settings, members: list[tuple[str, str, dict[str, str]]], until: dict[str, int] | None,
+    label: str | None,
+) -> dict[str, tuple[int, str] | None]:
+    """In a child process: replay one group of copies (``(projection, tracking name, shadow
+    tables)``) from their tracking rows, as ``_replay`` does in one process. Returns, per
+    tracking name, the event it stopped at, if any (also recorded in ``projection_errors``)."""
+    from projections.registry import PROJECTIONS
+    from projections.store import open_read_store
+    from spotex.wiring import build_logs
+
+    logs = build_logs(settings, create_tables=False)
+    store = open_read_store(settings)
+    try:
+        lookup = make_lookup(logs)
+        followers = [
+            Follower(store, PROJECTIONS[name], lookup, tracking, shadows, fresh=True)
+            for name, tracking, shadows in members
+        ]
+        heads = {"exchange": logs.last_outcome_position(), "requests": logs.last_request_position()}
+        started = time.monotonic()
+        last = [started]
+
+        def progress(source: str, position: int, applied: int) -> None:
+            now = time.monotonic()
+            if label is None or now - last[0] < 1.0:
+                return
+            last[0] = now
+            head = heads.get(source) or 1
+            print(f"{label}: {source} log at {position:,}/{head:,} ({100 * position / head:.0f}%), "
+                  f"{position / max(now - started, 1e-6):,.0f} positions/s", file=sys.stderr, flush=True)
+
+        for source in log_sources(logs).values():
+            group = [f for f in followers if f.source == source.name]
+            if group:
+                stop_at = until.get(source.name) if until else None
+                catch_up(group, source, until=stop_at, progress=progress, batch=REBUILD_BATCH)
+        return {
+            f.name: None if f.failed is None else (f.failed.position, f.failed.message)
+            for f in followers
+        }
+    finally:
+        store.close()
+
+
+def _replay_parallel(
+    settings: Settings, besides: Sequence[Beside], until: dict[str, int] | None, processes: int,
+    progress: Progress | None,
+) -> None:
+    """``_replay`` spread over processes, one group of projections each (each process reads
+    and decodes the logs for its own group). A projection that stopped at an event raises
+    here, as the serial replay's follower would."""
+    by_name = {b.name: b for b in besides}
+    groups = split([b.cls for b in besides], processes)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(groups), mp_context=ctx) as pool:
+        futures = []
+        for group in groups:
+            members = [(c.name, by_name[c.name].follower.name, by_name[c.name].shadows) for c in group]
+            label = None
+            if progress is not None:
+                label = f"{besides[0].purpose} [{', '.join(c.name for c in group)}]"
+            futures.append(pool.submit(_replay_group, settings, members, until, label))
+        results: dict[str, tuple[int, str] | None] = {}
+        for future in futures:
+            results.update(future.result())
+    for b in besides:
+        b.follower.reset()  # its position is where the child left the tracking row
+        stopped = results.get(b.follower.name)
+        if stopped is not None:
+            b.follower.failed = ProjectionFailed(b.follower.name, stopped[0], stopped[1])
 
 
 def live_position(store: ReadStore, name: str) -> int:
@@ -199,14 +299,38 @@ def rebuild(
     classes: Sequence[type[Projection]],
     progress: Progress | None = None,
     lock_timeout: float | None = LOCK_TIMEOUT,
+    parallel: Parallel | None = None,
 ) -> dict[str, int]:
     """Rebuild each projection from position 0 beside its tables and swap it in.
 
     Returns the position each one was swapped in at. Raises ProjectionFailed (leaving the live
-    tables untouched) if an event cannot be applied.
+    tables untouched) if an event cannot be applied. ``parallel``: replay groups of projections
+    in that many processes (PostgreSQL only; the locked tail and the swaps stay here).
     """
     with exclusive(store, classes, "rebuild"):
-        return _rebuild(store, logs, classes, progress, lock_timeout)
+        return _rebuild(store, logs, classes, progress, lock_timeout, parallel)
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Replay beside in ``processes`` processes, each opening ``settings``' stores."""
+
+    settings: Settings
+    processes: int
+
+    def applies(self, store: ReadStore, besides: Sequence[Beside]) -> bool:
+        # SQLite has one writer at a time: processes would only wait for each other
+        return self.processes > 1 and len(besides) > 1 and store.dialect == "postgres"
+
+
+def _replay_any(
+    store: ReadStore, logs: Logs, besides: Sequence[Beside], until: dict[str, int] | None,
+    progress: Progress | None, parallel: Parallel | None,
+) -> None:
+    if parallel is not None and parallel.applies(store, besides):
+        _replay_parallel(parallel.settings, besides, until, parallel.processes, progress)
+    else:
+        _replay(logs, besides, until, progress)
 
 
 def _rebuild(
@@ -215,11 +339,12 @@ def _rebuild(
     classes: Sequence[type[Projection]],
     progress: Progress | None,
     lock_timeout: float | None,
+    parallel: Parallel | None = None,
 ) -> dict[str, int]:
     besides = start_beside(store, logs, classes, "rebuild")
     done: dict[str, int] = {}
     try:
-        _replay(logs, besides, None, progress)
+        _replay_any(store, logs, besides, None, progress, parallel)
         sources = log_sources(logs)
         for b in besides:
             if b.follower.failed is not None:
@@ -283,13 +408,14 @@ def verify(
     progress: Progress | None = None,
     limit: int = 10,
     lock_timeout: float | None = LOCK_TIMEOUT,
+    parallel: Parallel | None = None,
 ) -> dict[str, list[str]]:
     """Rebuild each projection beside its live tables, up to the live position, and diff.
 
     Returns the differences per projection (empty lists: identical).
     """
     with exclusive(store, classes, "verify"):
-        return _verify(store, logs, classes, progress, limit, lock_timeout)
+        return _verify(store, logs, classes, progress, limit, lock_timeout, parallel)
 
 
 def _verify(
@@ -299,6 +425,7 @@ def _verify(
     progress: Progress | None,
     limit: int,
     lock_timeout: float | None,
+    parallel: Parallel | None = None,
 ) -> dict[str, list[str]]:
     targets = {cls.name: live_position(store, cls.name) for cls in classes}
     besides = start_beside(store, logs, classes, "verify")
@@ -309,8 +436,10 @@ def _verify(
         lowest: dict[str, int] = {}
         for b in besides:
             lowest[b.cls.source] = min(lowest.get(b.cls.source, targets[b.name]), targets[b.name])
-        _replay(logs, besides, lowest, progress)
+        _replay_any(store, logs, besides, lowest, progress, parallel)
         for b in besides:
+            if b.follower.failed is not None:
+                raise b.follower.failed
             source = log_sources(logs)[b.cls.source]
             catch_up([b.follower], source, until=targets[b.name], progress=progress)
         for b in besides:

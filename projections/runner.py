@@ -29,10 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from engine.log import Logs, RecordedOutcome
+import orjson
+
+from engine.log import Logs, Outcome, RecordedOutcome
 from projections.base import Projection, RequestLookup
 from projections.locks import ProjectionLock
 from projections.registry import PROJECTIONS
@@ -113,8 +116,42 @@ class LazyOutcome:
 
     def decoded(self) -> RecordedOutcome:
         if self._decoded is None:
-            self._decoded = self._logs.decode_outcome(self._n)
+            self._decoded = decode_outcome(self._logs, self._n)
         return self._decoded
+
+
+# A JSON number of 19 digits or more: orjson gives a float for an integer beyond 64 bits (the
+# standard decoder an int), so such an outcome goes to the standard decoder.
+_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?[0-9]{19}")
+
+
+def decode_outcome(logs: Logs, n: Any) -> RecordedOutcome:
+    """``Logs.decode_outcome`` with orjson (about 5× faster than the standard decoder) where it
+    gives exactly the same: plain JSON whose only transcoded value is the timestamp, no integer
+    that could exceed 64 bits (or anything else orjson refuses: lone surrogates, NaN). The
+    rest goes to ``Logs.decode_outcome``. A test compares both on every outcome of a log."""
+    state = n.state
+    if n.topic == Outcome.TOPIC and state.count(b'"_type_"') == 1 and not _LONG_NUMBER.search(state):
+        try:
+            data = orjson.loads(state)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            ts = data.get("timestamp")
+            if isinstance(ts, dict) and len(ts) == 2 and ts.get("_type_") == "datetime_iso":
+                return RecordedOutcome(
+                    n.id,
+                    n.originator_version,
+                    datetime.fromisoformat(ts["_data_"]).isoformat(),
+                    data["request_id"],
+                    data["request_position"],
+                    data["actor"],
+                    data["command"],
+                    data["facts"],
+                    data["prev_hash"],
+                    data["hash"],
+                )
+    return logs.decode_outcome(n)
 
 
 _TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
@@ -175,8 +212,12 @@ class Follower:
         lookup: RequestLookup | None,
         name: str | None = None,
         tables: Mapping[str, str] | None = None,
+        fresh: bool = False,
     ) -> None:
         self.store = store
+        # the tables were created empty for this follower (a rebuild's copies): at position 0
+        # the instance knows they hold no rows (``Projection.start_fresh``)
+        self.fresh = fresh
         self.cls = cls
         self.lookup = lookup
         self.name = name or cls.name
@@ -209,7 +250,9 @@ class Follower:
             self.position = position
         return n
 
-    def apply_in(self, tx: Tx, events: Sequence[Any], after: int | None) -> tuple[int, int]:
+    def apply_in(
+        self, tx: Tx, events: Sequence[Any], after: int | None, memo: dict[Any, list[Any]] | None = None
+    ) -> tuple[int, int]:
         """Fold the events after the tracked position and write rows and position in ``tx``.
 
         Returns (events applied, new position); the caller commits and then sets
@@ -225,6 +268,8 @@ class Follower:
         ):
             instance = self.cls(self.tables, self.lookup)
             instance.load_state(json.loads(tracked.state))
+            if self.fresh and tracked.position == 0:
+                instance.start_fresh()
             self.instance = instance
             self.position, self.generation = tracked.position, tracked.generation
         if after is not None and tracked.position < after:
@@ -233,7 +278,14 @@ class Follower:
         if not todo:
             return 0, tracked.position
         instance = self.instance
-        relevant = _relevant(todo, self.cls.interest)
+        interest = self.cls.interest
+        if memo is None:
+            relevant = _relevant(todo, interest)
+        else:  # followers of one page share the filtering (and the decoding) of its events
+            key = (interest, todo[0].position, todo[-1].position)
+            relevant = memo.get(key)  # type: ignore[assignment]
+            if relevant is None:
+                relevant = memo[key] = _relevant(todo, interest)
         instance.begin(tx, relevant)
         for event in relevant:
             try:
@@ -343,10 +395,11 @@ def _together(followers: Sequence[Follower], page: Sequence[Any], after: int) ->
     if any(f.store is not store for f in followers):
         return None
     positions: dict[str, tuple[int, int]] = {}
+    memo: dict[Any, list[Any]] = {}
     try:
         with store.write(durable=False) as tx:
             for f in followers:
-                positions[f.name] = f.apply_in(tx, page, after)
+                positions[f.name] = f.apply_in(tx, page, after, memo)
     except BaseException as exc:
         for f in followers:
             f.reset()

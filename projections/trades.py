@@ -16,6 +16,7 @@ COLUMNS = (
 
 class Trades(Projection):
     name = "trades"
+    rebuild_cost = 35
     interest = words("TradeExecuted")
     tables = {"trades": ("trade_id",)}
     uses_catalog = True

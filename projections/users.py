@@ -15,6 +15,7 @@ from projections.store import Tx
 
 class Users(Projection):
     name = "users"
+    rebuild_cost = 5
     interest = words("UserRegistered", listings=False)
     tables = {"users": ("user_id",)}
 

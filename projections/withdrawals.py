@@ -27,6 +27,7 @@ def _text(value: Any) -> str | None:
 
 class Withdrawals(Projection):
     name = "withdrawals"
+    rebuild_cost = 6
     interest = words("WithdrawalRequested", "WithdrawalCompleted", "WithdrawalFailed", "RequestWithdrawal")
     tables = {"withdrawals": ("withdrawal_id",)}
     uses_catalog = True
@@ -36,6 +37,8 @@ class Withdrawals(Projection):
         self.rows = Keyed(self.t["withdrawals"], ("withdrawal_id",), COLUMNS, ("amount",))
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+        if self.rows.in_memory:
+            return
         for o in events:
             for f in o.facts:
                 if f["type"] in ENDED:

@@ -13,6 +13,10 @@
 - ``projections verify [NAME|all]``: rebuild beside and diff; exit 1 naming the first
   differing rows.
 
+On PostgreSQL, rebuilding or verifying several projections replays them in
+``SPOTEX_REBUILD_PROCESSES`` processes (default: the usable cores, at most 4; 1 = in this
+process), each a group of projections of about equal cost.
+
 Long runs print progress on stderr; results go to stdout.
 """
 
@@ -112,11 +116,12 @@ def projections(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"spotex projections: {exc}", file=sys.stderr)
             return 2
+        parallel = _parallel(settings)
         try:
             if action == "rebuild":
-                return _rebuild(store, logs, classes)
+                return _rebuild(store, logs, classes, parallel)
             if action == "verify":
-                return _verify(store, logs, classes)
+                return _verify(store, logs, classes, parallel)
         except ProjectionFailed as exc:
             print(f"spotex projections {action}: {exc}", file=sys.stderr)
             return 1
@@ -151,12 +156,29 @@ def _status(store: Any, logs: Any) -> int:
     return 1 if failed else 0
 
 
-def _rebuild(store: Any, logs: Any, classes: list[Any]) -> int:
+def _parallel(settings: Settings) -> Any:
+    from projections.rebuild import Parallel
+
+    raw = os.environ.get("SPOTEX_REBUILD_PROCESSES")
+    if raw:
+        try:
+            processes = int(raw)
+        except ValueError:
+            raise ConfigError(f"SPOTEX_REBUILD_PROCESSES must be a whole number, not {raw!r}") from None
+        if processes < 1:
+            raise ConfigError(f"SPOTEX_REBUILD_PROCESSES must be at least 1, not {processes}")
+    else:
+        processes = min(4, len(os.sched_getaffinity(0)))
+    return Parallel(settings, processes)
+
+
+def _rebuild(store: Any, logs: Any, classes: list[Any], parallel: Any = None) -> int:
     from projections.rebuild import Busy, rebuild
 
     started = time.monotonic()
     try:
-        done = rebuild(store, logs, classes, progress=_Progress("rebuild", _heads(logs)))
+        done = rebuild(store, logs, classes, progress=_Progress("rebuild", _heads(logs)),
+                       parallel=parallel)
     except Busy as exc:
         print(f"spotex projections rebuild: {exc}", file=sys.stderr)
         return 1
@@ -167,11 +189,12 @@ def _rebuild(store: Any, logs: Any, classes: list[Any]) -> int:
     return 0
 
 
-def _verify(store: Any, logs: Any, classes: list[Any]) -> int:
+def _verify(store: Any, logs: Any, classes: list[Any], parallel: Any = None) -> int:
     from projections.rebuild import Busy, verify
 
     try:
-        found = verify(store, logs, classes, progress=_Progress("verify", _heads(logs)))
+        found = verify(store, logs, classes, progress=_Progress("verify", _heads(logs)),
+                       parallel=parallel)
     except Busy as exc:
         print(f"spotex projections verify: {exc}", file=sys.stderr)
         return 1

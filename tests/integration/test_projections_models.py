@@ -571,3 +571,31 @@ def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
         want |= {decoded.command.encode()} if decoded.command else set()
         want |= {b"postings"} if any("postings" in f for f in decoded.facts) else set()
         assert names == want, (n.id, names, want)
+
+
+def test_orjson_decoding_gives_what_the_standard_decoder_gives(world: World) -> None:
+    """The projections decode outcomes with orjson, except where it would differ (integers
+    beyond 64 bits, which it turns into floats): every outcome, field by field and type by type."""
+    import dataclasses
+    import json
+
+    from projections.runner import _LONG_NUMBER, decode_outcome
+
+    def exact(o: RecordedOutcome) -> str:  # a float where an int should be shows as 1e+19
+        return json.dumps(
+            [o.position, o.seq, o.time, o.request_id, o.request_position, o.actor, o.command,
+             o.facts, o.prev_hash, o.hash], sort_keys=True)
+
+    page = world.logs.exchange.select_notifications(start=0, limit=100_000, inclusive_of_start=False)
+    long_numbers = 0
+    for n in page:
+        long_numbers += bool(_LONG_NUMBER.search(n.state))
+        assert exact(decode_outcome(world.logs, n)) == exact(world.logs.decode_outcome(n)), n.id
+    assert 0 < long_numbers < len(page)  # both paths taken (18-decimal ETH passes 64 bits)
+    # a number orjson would turn into a float, and one it refuses, go to the standard decoder
+    n = page[-1]
+    for odd in (b'"x":123456789012345678901234567890', b'"x":"\\ud800"', b'"x":-9223372036854775809'):
+        state = n.state.replace(b'"facts":[', b'"facts":[{"type":"Odd",' + odd + b'},', 1)
+        twin = dataclasses.replace(n, state=state)
+        assert exact(decode_outcome(world.logs, twin)) == exact(world.logs.decode_outcome(twin))
+        assert decode_outcome(world.logs, twin).facts[0]["type"] == "Odd"
