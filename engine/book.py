@@ -7,8 +7,8 @@ smallest key (asks by ticks, bids by minus ticks), plus the keys negated in a pl
 so the best level is the list's last element. Finding a level is a dict lookup, the best price
 a list index, and creating or deleting a level a C-level bisect and list insert/delete whose
 cost grows with the number of levels *worse* than it (new levels are created and emptied near
-the touch, at the list's end). A cancel is O(1) inside its level (an ``OrderedDict`` keyed by
-order id).
+the touch, at the list's end). A cancel is O(1) inside its level (a dict keyed by order id, see
+``Level``).
 
 Invariants: a level's ``total`` is the sum of its orders' remaining lots; no level is empty;
 each side's sorted keys are exactly its levels' keys; the book is never crossed (best bid <
@@ -18,7 +18,6 @@ best ask) between requests.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from domain.ledger import Violation
@@ -26,11 +25,21 @@ from domain.orders import BUY, Order
 
 
 class Level:
-    __slots__ = ("orders", "total")
+    """The orders at one price in time priority: a plain dict, which keeps insertion order and
+    deletes in O(1) with fewer objects and memory reads than an ``OrderedDict`` (a cancel in a
+    1M-order book misses the caches on each). A deletion leaves a hole that walking from the
+    front skips until the dict is rebuilt, and CPython rebuilds a dict only when an insert grows
+    it; so ``gone`` counts deletions since the last rebuild and ``Book`` rebuilds the dict
+    itself once they pass ``max(64, √len)``: a walk skips at most that many holes even in a
+    level that only drains (which then pays O(√len) per deletion; ordinary levels, where
+    inserts keep coming, pay next to nothing)."""
+
+    __slots__ = ("gone", "orders", "total")
 
     def __init__(self) -> None:
-        self.orders: OrderedDict[str, Order] = OrderedDict()
+        self.orders: dict[str, Order] = {}
         self.total = 0
+        self.gone = 0
 
 
 class Levels:
@@ -120,6 +129,11 @@ class Book:
             del by_key[key]  # type: ignore[arg-type]
             ladder = levels.ladder
             del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
+        else:
+            gone = level.gone + 1
+            if gone > 64 and gone * gone > len(orders):
+                level.orders, gone = dict(orders), 0
+            level.gone = gone
         order.booked = False
 
     def reduce(self, order: Order, lots: int) -> None:
@@ -139,6 +153,11 @@ class Book:
                 del by_key[key]  # type: ignore[arg-type]
                 ladder = levels.ladder
                 del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
+            else:
+                gone = level.gone + 1
+                if gone > 64 and gone * gone > len(orders):
+                    level.orders, gone = dict(orders), 0
+                level.gone = gone
             order.booked = False
 
     def makers(self, taker_side: str, limit: int | None) -> Iterable[Order]:

@@ -7,12 +7,15 @@ is 1,000,000 BTC units and an order costs ``ticks × lots`` USDT cents. Maker fe
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
 from scenario import BTC_USDT, ETH_USDT, Req, Scenario
 
 from domain.ledger import FEES
+from domain.orders import BUY, SELL, Order
+from engine.book import Book
 
 LOT = 1_000_000  # BTC units in one lot
 BTC = 100_000_000
@@ -412,3 +415,88 @@ def test_the_minimum_notional_applies_to_limit_and_quote_orders() -> None:
     s.when_rejected(s.bob.sell("999", "0.01", "small-ask"), "min_notional")
     assert s.when(s.alice.buy("100", "0.1", "enough")).booked == {"enough": 10}
     assert s.ex.markets[BTC_USDT].min_notional_units == 1000
+
+
+# -- the book itself: levels and queues under heavy churn ---------------------------------------
+
+
+def _resting(oid: str, side: str, price: int, lots: int) -> Order:
+    return Order(oid, "u", BTC_USDT, side, "limit", price, lots, None, 0, "USDT", "GTC", False,
+                 "cancel_resting", None)  # fmt: skip
+
+
+def test_a_long_level_keeps_time_priority_through_cancels_and_fills() -> None:
+    """Enough deletions in one level that the book rebuilds its queue, more than once."""
+    book = Book(BTC_USDT)
+    queue = [_resting(f"o{i}", SELL, 100, 2) for i in range(400)]
+    for order in queue:
+        book.add(order)
+    first_queue = book.asks[100].orders
+    for order in queue[1::3]:  # cancels all through the level
+        book.remove(order)
+    queue = [o for i, o in enumerate(queue) if i % 3 != 1]
+    while queue:  # a buyer takes one lot at a time from the front
+        maker = next(iter(book.makers(BUY, 100)))
+        assert maker is queue[0]
+        book.reduce(maker, 1)
+        if maker.remaining == 0:
+            queue.pop(0)
+            assert not maker.booked
+        assert [o.order_id for o in book.makers(BUY, None)] == [o.order_id for o in queue]
+        assert book.depth(SELL) == ([(100, sum(o.remaining for o in queue))] if queue else [])
+        assert book.check() == []
+        if len(queue) == 100:
+            assert book.asks[100].orders is not first_queue  # the queue was rebuilt on the way
+    assert book.best_ask() is None and book.state() == {"bids": [], "asks": []}
+
+
+def test_levels_created_and_emptied_at_random_stay_in_price_order() -> None:
+    rng = random.Random(7)
+    book = Book(BTC_USDT)
+    live: dict[str, Order] = {}
+    for i in range(3000):
+        if live and rng.random() < 0.45:
+            order = live.pop(rng.choice(sorted(live)))
+            book.remove(order)
+        else:
+            side = rng.choice((BUY, SELL))
+            price = rng.randrange(1, 100) if side == BUY else rng.randrange(100, 200)
+            order = live[f"o{i}"] = _resting(f"o{i}", side, price, rng.randrange(1, 5))
+            book.add(order)
+        for side in (BUY, SELL):
+            totals: dict[int, int] = {}
+            for order in live.values():
+                if order.side == side:
+                    totals[order.price] = totals.get(order.price, 0) + order.remaining  # type: ignore[index]
+            want = sorted(totals.items(), reverse=side == BUY)
+            assert book.depth(side) == want
+        bids = [o.price for o in live.values() if o.side == BUY]
+        asks = [o.price for o in live.values() if o.side == SELL]
+        assert book.best_bid() == (max(bids) if bids else None)  # type: ignore[type-var]
+        assert book.best_ask() == (min(asks) if asks else None)  # type: ignore[type-var]
+        assert book.would_take(BUY, 150) == bool(asks and min(asks) <= 150)  # type: ignore[type-var, operator]
+    assert book.check() == []
+
+
+def test_makers_walks_only_the_levels_a_limit_reaches_best_first() -> None:
+    book = Book(BTC_USDT)
+    for oid, price in (("a101", 101), ("a100", 100), ("a103", 103), ("a100b", 100)):
+        book.add(_resting(oid, SELL, price, 1))
+    book.add(_resting("b99", BUY, 99, 1))
+
+    assert list(book.makers(BUY, 99)) == []
+    assert [o.order_id for o in book.makers(BUY, 101)] == ["a100", "a100b", "a101"]
+    assert [o.order_id for o in book.makers(BUY, None)] == ["a100", "a100b", "a101", "a103"]
+    assert [o.order_id for o in book.makers(SELL, 100)] == []
+    assert [o.order_id for o in book.makers(SELL, 99)] == ["b99"]
+
+
+def test_the_book_check_finds_sorted_keys_that_disagree_with_the_levels() -> None:
+    book = Book(BTC_USDT)
+    book.add(_resting("a", SELL, 100, 1))
+    book.add(_resting("b", SELL, 101, 1))
+    assert book.check() == []
+
+    book.asks.ladder.pop()  # the best level's key is lost from the sorted keys
+
+    assert [v.code for v in book.check()] == ["level_keys"]
