@@ -5,9 +5,10 @@ The book never touches money. It only keeps resting orders in price-time priorit
 Each side is a ``Levels``: a dict from key to level, keyed so that the best price has the
 smallest key (asks by ticks, bids by minus ticks), plus the keys negated in a plain sorted list,
 so the best level is the list's last element. Finding a level is a dict lookup, the best price
-a list index, and creating or deleting a level a C-level bisect and list insert/delete whose
-cost grows with the number of levels *worse* than it (new levels are created and emptied near
-the touch, at the list's end). A cancel is O(1) inside its level (a dict keyed by order id, see
+a list index, and creating or deleting a level a C-level bisect and list insert/delete that
+moves the pointers of the levels *better* than it (levels come and go mostly at the touch, the
+list's end, where that is a handful; one far from the touch in a book of 25,000 levels a side
+moves ~200 KB, some µs). A cancel is O(1) inside its level (a dict keyed by order id, see
 ``Level``).
 
 Invariants: a level's ``total`` is the sum of its orders' remaining lots; no level is empty;
