@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/projections.py [--url postgresql://postgres@127.0.0.1:5432] [-n 100000]
                                           [--users 50] [--only NAME] [--profile NAME] [--keep]
+                                          [--processes 2 4] [--all-only] [--build-only] [--reuse URL]
 
 1. Creates a scratch database (``spotex_bench_<pid>``, dropped at the end unless ``--keep``), or
    SQLite files in a temporary directory with ``--url sqlite``; applies the migrations.
@@ -9,11 +10,17 @@
    cancels of live orders, market orders, from funded users) and lets the real sequencer decide
    them into the exchange log. Not timed.
 3. Times ``rebuild`` (replay from position 0 into fresh tables beside the live ones, then the
-   atomic swap) for each projection alone, then for all of them at once (each log read once for
-   all, one transaction per page for all). A rate is log events (outcomes; requests for
-   ``request_index``) per second of wall time; ``cpu`` is this process's CPU time (decoding,
-   folding, encoding rows) — the rest of the wall time is the database server and waiting.
-   The load average is printed: on a shared machine the figures move with it.
+   atomic swap) for each projection alone, then for all of them at once in one process (each
+   log read once for all, one transaction per page for all), then all of them replayed in 2
+   and 4 processes (``--processes``; groups of about equal cost, as ``spotex projections
+   rebuild all`` does on PostgreSQL). A rate is log events (outcomes; requests for
+   ``request_index``) per second of wall time; ``cpu`` is the CPU time of this process and its
+   children (decoding, folding, encoding rows) — the rest of the wall time is the database
+   server and waiting. The load average is printed with each line: on a shared machine the
+   figures move with it.
+
+``--keep --build-only`` builds a log and keeps its database; ``--reuse URL`` times rebuilds on
+such a database without building the log again.
 
 Figures go to stdout; docs/performance.md records them with the machine.
 """
@@ -21,10 +28,12 @@ Figures go to stdout; docs/performance.md records them with the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
 import pstats
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -35,11 +44,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, scratch_store, server_info
 from engine.sequencer import Sequencer
+from projections.base import Projection
 from projections.migrate import migrate_read_store
-from projections.rebuild import rebuild
+from projections.rebuild import Parallel, rebuild, split
 from projections.registry import PROJECTIONS, resolve
 from projections.store import open_read_store
+from spotex.config import Settings
 from spotex.wiring import build_logs
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (a parallel rebuild's)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,27 +72,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", help="one projection (default: each, then all together)")
     p.add_argument("--profile", metavar="NAME", help="cProfile one projection's rebuild")
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
+    p.add_argument("--processes", type=int, nargs="*", default=[2, 4],
+                   help="also time `all` replayed in this many processes (default: 2 4)")
+    p.add_argument("--all-only", action="store_true", help="skip the single-model rebuilds")
+    p.add_argument("--build-only", action="store_true", help="build the log, then stop (with --keep)")
+    p.add_argument("--reuse", metavar="URL", help="a database kept by --keep: skip building the log")
     args = p.parse_args(argv)
 
     print_machine()
-    with scratch_store(args.url, args.keep) as settings:
+    store_cm = contextlib.nullcontext(Settings(database_url=args.reuse)) if args.reuse else \
+        scratch_store(args.url, args.keep)
+    with store_cm as settings:
         print(f"store:   {server_info(settings)}")
         logs = build_logs(settings)
         store = open_read_store(settings)
         migrate_read_store(store)
         work = Workload(args.users)
         t = time.perf_counter()
-        fill_requests(logs, work.setup())
-        fill_requests(logs, work.orders(args.n))
-        seq = Sequencer(logs)
-        while seq.step():
-            pass
+        if not args.reuse:
+            fill_requests(logs, work.setup())
+            fill_requests(logs, work.orders(args.n))
+            seq = Sequencer(logs)
+            while seq.step():
+                pass
         outcomes = logs.last_outcome_position()
         requests = logs.last_request_position()
         facts = sum(len(o.facts) for o in logs.iter_outcomes())
         print(f"log:     {requests:,} requests → {outcomes:,} outcomes with {facts:,} facts "
-              f"({work.kinds}); made in {time.perf_counter() - t:.0f} s (not timed)")
+              + (f"({work.kinds}); made in {time.perf_counter() - t:.0f} s (not timed)" if not args.reuse
+                 else "(reused)"))
         print()
+        if args.build_only:
+            return 0
 
         if args.profile:
             prof = cProfile.Profile()
@@ -83,22 +116,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
 
         names = [args.only] if args.only else list(PROJECTIONS)
-        print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-        print(f"{'rebuild':<16} {'events':>10} {'seconds':>8} {'events/s':>10} {'cpu s':>7}")
-        for name in names:
-            cls = PROJECTIONS[name]
-            events = requests if cls.source == "requests" else outcomes
-            t, c = time.perf_counter(), time.process_time()
-            rebuild(store, logs, [cls])
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-            print(f"{name:<16} {events:>10,} {dt:>8.2f} {events / dt:>10,.0f} {dc:>7.2f}", flush=True)
+        print(f"load average before: {_load()}")
+        print(f"{'rebuild':<22} {'events':>10} {'seconds':>8} {'events/s':>10} {'cpu s':>7} "
+              f"{'cpu µs/event':>12}  load (1 min)")
+
+        def timed(label: str, classes: list[type[Projection]], events: int, processes: int = 1) -> None:
+            t, c = time.perf_counter(), _cpu()
+            parallel = Parallel(settings, processes) if processes > 1 else None
+            rebuild(store, logs, classes, parallel=parallel)
+            dt, dc = time.perf_counter() - t, _cpu() - c
+            print(f"{label:<22} {events:>10,} {dt:>8.2f} {events / dt:>10,.0f} {dc:>7.2f} "
+                  f"{1e6 * dc / events:>12,.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+
+        if not args.all_only:
+            for name in names:
+                cls = PROJECTIONS[name]
+                timed(name, [cls], requests if cls.source == "requests" else outcomes)
         if not args.only:
-            t, c = time.perf_counter(), time.process_time()
-            rebuild(store, logs, list(PROJECTIONS.values()))
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-            print(f"{'all (14)':<16} {outcomes:>10,} {dt:>8.2f} {outcomes / dt:>10,.0f} {dc:>7.2f}"
-                  f"  (exchange outcomes/s; each log read once for all)")
-        print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            every = list(PROJECTIONS.values())
+            timed("all (14), 1 process", every, outcomes)
+            for n in args.processes:
+                if n > 1:
+                    timed(f"all (14), {n} processes", every, outcomes, n)
+            print("all: exchange outcomes/s (the requests log, as long, is replayed beside); "
+                  "cpu: this process and its children; with processes, each reads and decodes the "
+                  "log for its own group: " + "; ".join(
+                      f"{n}: " + " | ".join(", ".join(c.name for c in g) for g in split(every, n))
+                      for n in args.processes if n > 1))
+        print(f"load average after: {_load()}")
         store.close()
     return 0
 
