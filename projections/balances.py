@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup, Row, words
+from projections.base import LISTINGS, Keyed, Projection, RequestLookup, Row, words
 from projections.store import Tx
 
 COLUMNS = (
@@ -42,17 +42,20 @@ class Balances(Projection):
 
     def apply(self, o: RecordedOutcome) -> None:
         rows = self.rows
+        get, put = rows.get, rows.put
+        time, position = o.time, o.position
         for f in o.facts:
-            self.listing(f)
+            if f["type"] in LISTINGS:
+                self.listing(f)
             for account, asset, d_available, d_frozen in f.get("postings", ()):
                 key = (account, asset)
-                row = rows.get(key)
+                row = get(key)
                 if row is None:
                     row = {"account": account, "asset": asset, "available": 0, "frozen": 0}
                 row["available"] += d_available
                 row["frozen"] += d_frozen
-                row["updated_at"], row["position"] = o.time, o.position
-                rows.put(row, key)
+                row["updated_at"], row["position"] = time, position
+                put(row, key)
 
     def render(self, row: Row) -> None:
         units = self.catalog.units

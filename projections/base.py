@@ -146,6 +146,9 @@ class Catalog:
         return units_str(units, self.assets[asset])
 
 
+_MISSING = object()
+
+
 class Keyed:
     """A keyed read table, cached in memory, written back as upserts and deletes at flush.
 
@@ -238,8 +241,9 @@ class Keyed:
             self.cache[self._key_of(row)] = row
 
     def get(self, key: Key) -> Row | None:
-        if key in self.cache:
-            return self.cache[key]
+        row = self.cache.get(key, _MISSING)
+        if row is not _MISSING:
+            return row  # type: ignore[return-value]
         if self.complete and self.loaded_all:
             return None
         assert self.tx is not None, "load() before get()"

@@ -9,8 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
-from projections.base import Appends, Projection, RequestLookup, outcome_event_id, snake, words
-from projections.store import Tx, bigs
+from projections.base import (
+    Appends,
+    Projection,
+    RequestLookup,
+    outcome_event_id,
+    snake,
+    units_str,
+    words,
+)
+from projections.store import Tx
 
 COLUMNS = (
     "position", "fact_index", "account", "asset", "kind", "ref", "event_id", "available_delta",
@@ -32,7 +40,9 @@ class Ledger(Projection):
 
     def apply(self, o: RecordedOutcome) -> None:
         event_id: str | None = None
-        units = self.catalog.units
+        precision = self.catalog.assets
+        add = self.rows.pending.append
+        position, time = o.position, o.time
         for index, f in enumerate(o.facts):
             postings = f.get("postings")
             if not postings:
@@ -43,10 +53,11 @@ class Ledger(Projection):
             kind = snake(f["type"])
             ref = next((str(f[k]) for k in REF_FIELDS if f.get(k) is not None), None)
             for account, asset, d_available, d_frozen in postings:
-                self.rows.add(
-                    o.position, index, account, asset, kind, ref, event_id, bigs(d_available),
-                    bigs(d_frozen), units(asset, d_available), units(asset, d_frozen), o.time,
-                )
+                p = precision[asset]
+                add((
+                    position, index, account, asset, kind, ref, event_id, str(d_available),
+                    str(d_frozen), units_str(d_available, p), units_str(d_frozen, p), time,
+                ))
 
     def flush(self, tx: Tx) -> None:
         self.rows.flush(tx)

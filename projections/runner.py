@@ -35,7 +35,8 @@ from uuid import UUID
 
 import orjson
 
-from engine.log import Logs, Outcome, RecordedOutcome
+from engine.exchange import RequestRecord
+from engine.log import Logs, Outcome, RecordedOutcome, Request
 from projections.base import Projection, RequestLookup
 from projections.locks import ProjectionLock
 from projections.registry import PROJECTIONS
@@ -120,9 +121,16 @@ class LazyOutcome:
         return self._decoded
 
 
-# A JSON number of 19 digits or more: orjson gives a float for an integer beyond 64 bits (the
-# standard decoder an int), so such an outcome goes to the standard decoder.
-_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?[0-9]{19}")
+# 19 digits in a row anywhere (a number that may not fit 64 bits, which orjson would turn into
+# a float where the standard decoder gives an int, or just a long digit run inside a string):
+# such an outcome goes to the standard decoder. Found by mapping every digit to "0" and the
+# rest to " " (bytes.translate, ~2 µs for a 1 KB outcome; a regular expression takes ~11).
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_NINETEEN = b"0" * 19
+
+
+def long_number(state: bytes) -> bool:
+    return _NINETEEN in state.translate(_DIGITS)
 
 
 def decode_outcome(logs: Logs, n: Any) -> RecordedOutcome:
@@ -131,7 +139,7 @@ def decode_outcome(logs: Logs, n: Any) -> RecordedOutcome:
     that could exceed 64 bits (or anything else orjson refuses: lone surrogates, NaN). The
     rest goes to ``Logs.decode_outcome``. A test compares both on every outcome of a log."""
     state = n.state
-    if n.topic == Outcome.TOPIC and state.count(b'"_type_"') == 1 and not _LONG_NUMBER.search(state):
+    if n.topic == Outcome.TOPIC and state.count(b'"_type_"') == 1 and not long_number(state):
         try:
             data = orjson.loads(state)
         except orjson.JSONDecodeError:
@@ -152,6 +160,24 @@ def decode_outcome(logs: Logs, n: Any) -> RecordedOutcome:
                     data["hash"],
                 )
     return logs.decode_outcome(n)
+
+
+def decode_request(logs: Logs, n: Any) -> RequestRecord:
+    """``Logs.decode_request`` with orjson, on the same terms as ``decode_outcome``."""
+    state = n.state
+    if n.topic == Request.TOPIC and state.count(b'"_type_"') == 1 and not long_number(state):
+        try:
+            data = orjson.loads(state)
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            ts = data.get("timestamp")
+            if isinstance(ts, dict) and len(ts) == 2 and ts.get("_type_") == "datetime_iso":
+                return RequestRecord(
+                    str(n.originator_id), n.id, datetime.fromisoformat(ts["_data_"]).isoformat(),
+                    data["actor"], data["command"],
+                )
+    return logs.decode_request(n)
 
 
 _TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
@@ -180,7 +206,10 @@ def log_sources(logs: Logs) -> dict[str, Source]:
         return [LazyOutcome(logs, n) for n in page]
 
     def read_requests(after: int, limit: int, until: int | None) -> Sequence[Any]:
-        page = logs.read_requests(after, limit)
+        page = [
+            decode_request(logs, n)
+            for n in logs.requests.select_notifications(start=after, limit=limit, inclusive_of_start=False)
+        ]
         return page if until is None else [r for r in page if r.position <= until]
 
     return {

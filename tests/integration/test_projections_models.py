@@ -579,7 +579,7 @@ def test_orjson_decoding_gives_what_the_standard_decoder_gives(world: World) -> 
     import dataclasses
     import json
 
-    from projections.runner import _LONG_NUMBER, decode_outcome
+    from projections.runner import decode_outcome, decode_request, long_number
 
     def exact(o: RecordedOutcome) -> str:  # a float where an int should be shows as 1e+19
         return json.dumps(
@@ -589,9 +589,15 @@ def test_orjson_decoding_gives_what_the_standard_decoder_gives(world: World) -> 
     page = world.logs.exchange.select_notifications(start=0, limit=100_000, inclusive_of_start=False)
     long_numbers = 0
     for n in page:
-        long_numbers += bool(_LONG_NUMBER.search(n.state))
+        long_numbers += long_number(n.state)
         assert exact(decode_outcome(world.logs, n)) == exact(world.logs.decode_outcome(n)), n.id
     assert 0 < long_numbers < len(page)  # both paths taken (18-decimal ETH passes 64 bits)
+    requests = world.logs.requests.select_notifications(start=0, limit=100_000, inclusive_of_start=False)
+    assert requests
+    for n in requests:
+        assert decode_request(world.logs, n) == world.logs.decode_request(n), n.id
+        assert json.dumps(decode_request(world.logs, n).command, sort_keys=True) == json.dumps(
+            world.logs.decode_request(n).command, sort_keys=True)
     # a number orjson would turn into a float, and one it refuses, go to the standard decoder
     n = page[-1]
     for odd in (b'"x":123456789012345678901234567890', b'"x":"\\ud800"', b'"x":-9223372036854775809'):
