@@ -196,7 +196,8 @@ class Audit:
             self.outcomes += 1
             self.first_position = self.first_position or o.position
             self.last_position = o.position
-            yield from self._record(found)
+            if found:
+                yield from self._record(found)
             if self.progress is not None and self.outcomes % self.progress_every == 0:
                 self.progress(self.outcomes, o.position)
         if self.reexec is not None:

@@ -12,7 +12,6 @@ stores cannot be read.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import multiprocessing
@@ -23,7 +22,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -254,11 +253,11 @@ def audit_segment(
     segment: Segment,
     until: int | None,
     tracked: int | None,
-    known_ids: str = "",
+    known_ids: Collection[str] = (),
     label: str = "audit",
-) -> tuple[list[AuditViolation], dict[str, Any], str]:
+) -> tuple[list[AuditViolation], dict[str, Any], list[str]]:
     """Audit one segment over the stores of this process's configuration: its findings (at most
-    MAX_FOUND), its report, and the ids first applied in it (one per line)."""
+    MAX_FOUND), its report, and the ids first applied in it."""
     logs = open_logs(Settings.from_env())
     started = time.perf_counter()
 
@@ -276,7 +275,7 @@ def audit_segment(
         progress=progress,
         progress_every=50_000,
         start=start,
-        known_ids=known_ids.split("\n") if known_ids else (),
+        known_ids=known_ids,
         final=end is None,
     )
     requests = iter_requests(
@@ -286,7 +285,6 @@ def audit_segment(
         logs, end["exchange_position"] if end else until, after=start["exchange_position"] if start else 0
     )
     found: list[AuditViolation] = []
-    gc.freeze()  # what the run keeps is long-lived and acyclic: spare the collector rescanning it
     try:
         for v in run.run(requests, outcomes):
             if len(found) < MAX_FOUND:
@@ -295,7 +293,7 @@ def audit_segment(
         close_logs(logs)
     report = run.report()
     report["seconds"] = {label: round(time.perf_counter() - started, 3)}
-    return found, report, "\n".join(run.new_ids())
+    return found, report, list(run.new_ids())
 
 
 def merge_segments(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -327,16 +325,15 @@ def run_segments(
         pool = ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx)
         try:
             futures = [
-                pool.submit(audit_segment, seg, until, tracked, "", f"audit[segment {i + 1}/{n}]")
+                pool.submit(audit_segment, seg, until, tracked, (), f"audit[segment {i + 1}/{n}]")
                 for i, seg in enumerate(segments)
             ]
             for i, future in enumerate(futures):
                 found, report, ids = future.result()
-                new = ids.split("\n") if ids else []
-                if found or not seen.isdisjoint(new):
+                if found or not seen.isdisjoint(ids):
                     dirty = i
                     break
-                seen.update(new)
+                seen.update(ids)
                 reports.append(report)
         finally:
             pool.shutdown(wait=dirty is None, cancel_futures=True)
@@ -346,7 +343,7 @@ def run_segments(
         segments[dirty].start, None, {q: s for seg in segments[dirty:] for q, s in seg.snapshots.items()}
     )
     label = "audit" if dirty == 0 else f"audit[from segment {dirty + 1}/{n}]"
-    found, report, _ = audit_segment(tail, until, tracked, "\n".join(seen), label)
+    found, report, _ = audit_segment(tail, until, tracked, seen, label)
     return found, merge_segments([*reports, report])
 
 
