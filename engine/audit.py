@@ -5,8 +5,9 @@ Pure: it takes iterables of recorded requests (``RequestRecord``) and outcomes
 and yields ``AuditViolation``s as it finds them; ``Audit.report()`` gives the figures. Reading
 the stores and printing belong to ``spotex.audit_cli``.
 
-For every outcome, in exchange-log order, four parts (each can be switched off, so that two
-processes can share the work; ``merge_reports`` joins their figures):
+For every outcome, in exchange-log order, four parts (each can be switched off, so that
+the work can be timed or split by part; the CLI splits the log by segments instead, see
+``engine.audit_seed``):
 
 - ``chain`` — tamper evidence: its seq continues 1, 2, 3… (``seq_gap``, ``seq_order``), its
   ``prev_hash`` is the previous outcome's hash (``chain_break``), its content hashes to its
@@ -354,17 +355,3 @@ def asset_totals(balances: Mapping[tuple[str, str], list[int]]) -> dict[str, dic
             row["users_frozen"] += frozen
         row["sum"] += available + frozen
     return assets
-
-
-def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """One report from the reports of runs that each did some of the parts."""
-    merged: dict[str, Any] = {}
-    for report in reports:
-        for key, value in report.items():
-            if key == "parts":
-                merged["parts"] = sorted({*merged.get("parts", ()), *value})
-            elif key == "violations":
-                merged[key] = merged.get(key, 0) + value
-            else:
-                merged.setdefault(key, value)
-    return merged

@@ -3,7 +3,8 @@
 A flow is recorded with the real engine (``Logs.append_request``, ``Sequencer.step()`` with
 batches of one, the live state captured after each step). Then:
 
-- the untouched log audits clean (exit 0), also split over two processes, also as a read-only
+- the untouched log audits clean (exit 0), also in segments between snapshots on two processes
+  with the same report as one run (and so does every tampered copy below), also as a read-only
   PostgreSQL role made with the SQL of docs/audit.md;
 - one stored outcome changed, one deleted, two swapped, one request changed and one deleted,
   each by SQL: exit 1, and the report's first violation names the first position affected;
