@@ -116,7 +116,7 @@ def full_audit(settings: Settings, jobs: int | None) -> dict[str, Any]:
     return report
 
 
-def phases(settings: Settings, count: int) -> list[tuple[str, float]]:
+def phases(settings: Settings, count: int) -> tuple[list[tuple[str, float]], int]:
     """CPU seconds per phase over the first ``count`` outcomes (and their requests), one thread
     (the reads include the client's side of the database round trips only). The phases hold all
     ``count`` outcomes in memory, which the streaming audit never does, so the cyclic garbage
@@ -128,7 +128,7 @@ def phases(settings: Settings, count: int) -> list[tuple[str, float]]:
         gc.enable()
 
 
-def _phases(settings: Settings, count: int) -> list[tuple[str, float]]:
+def _phases(settings: Settings, count: int) -> tuple[list[tuple[str, float]], int]:
     logs = audit_cli.open_logs(settings)
     out: list[tuple[str, float]] = []
 
@@ -165,7 +165,18 @@ def _phases(settings: Settings, count: int) -> list[tuple[str, float]]:
         found = timed(part, lambda run=run: list(run.run(iter(requests), iter(outcomes))))
         assert not found, found[:3]
     assert until
-    return out
+    return out, until
+
+
+def streaming(settings: Settings, until: int) -> tuple[int, float]:
+    """The whole audit in this process as ``spotex audit --jobs 1`` runs it (pages streamed,
+    nothing held, the collector on) up to exchange position ``until``: outcomes, CPU seconds
+    (this process's, its page-reader thread's included)."""
+    os.environ["SPOTEX_DATABASE_URL"] = str(settings.database_url)
+    started = time.process_time()
+    found, report, _ = audit_cli.audit_segment(audit_cli.Segment(None, None, {}), until, None)
+    assert not found, found[:3]
+    return report["outcomes"], time.process_time() - started
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['outcomes'] / r['cpu']:,.0f} outcomes/s per busy CPU")
     if args.phases:
         print(f"\nphases, CPU time of one thread, over the first {args.phases:,} outcomes:")
-        rows = phases(settings, args.phases)
+        rows, until = phases(settings, args.phases)
         total = sum(s for _, s in rows)
         for name, seconds in rows:
             us = seconds / args.phases * 1e6
@@ -207,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:<20} {seconds:7.2f} s  {us:7.1f} µs/outcome  {rate:>10,.0f}/s alone {share:6.1%}")
         print(f"  {'all, in sequence':<20} {total:7.2f} s  {total / args.phases * 1e6:7.1f} µs/outcome  "
               f"{args.phases / total:>10,.0f} outcomes/s = {2 * args.phases / total:,.0f} events/s")
+        outcomes, cpu = streaming(settings, until)
+        print(f"  {'one process, streamed':<20} {cpu:7.2f} s  {cpu / outcomes * 1e6:7.1f} µs/outcome  "
+              f"{outcomes / cpu:>10,.0f} outcomes/s = {2 * outcomes / cpu:,.0f} events/s (the whole audit, "
+              "as --jobs 1 runs it)")
     print("load average after: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     return 0
 
