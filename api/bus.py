@@ -122,6 +122,26 @@ class Watcher:
         self._engine: list[tuple[int, asyncio.Future[None]]] = []
         self._projected: list[tuple[int, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._kicked: asyncio.Event | None = None
+
+    def kick(self) -> None:
+        """Look at the positions now (thread-safe): an in-process engine committed a batch."""
+        loop, kicked = self._loop, self._kicked
+        if loop is not None and kicked is not None and (self._engine or self._projected):
+            loop.call_soon_threadsafe(kicked.set)
+
+    async def _engine_position(self) -> int:
+        known = self.services.engine_positions
+        if known is not None:
+            return known()[0]
+        return await to_thread.run_sync(self.services.logs.engine_position)
+
+    async def _outcome_head(self) -> int:
+        known = self.services.engine_positions
+        if known is not None:
+            return known()[1]
+        return await to_thread.run_sync(self.services.logs.last_outcome_position)
 
     async def outcome(self, request_id: str, request_position: int, limit: float
                       ) -> RecordedOutcome | None:
@@ -131,7 +151,7 @@ class Watcher:
             async with asyncio.timeout(limit):
                 await self._wait(self._engine, request_position)
                 # Committed: the exchange log's head is at or past its outcome now.
-                head = await to_thread.run_sync(services.logs.last_outcome_position)
+                head = await self._outcome_head()
                 await self._wait(self._projected, head)
                 found = await to_thread.run_sync(services.reads.outcome_of, request_id)
                 if found is None:
@@ -143,6 +163,8 @@ class Watcher:
     async def _wait(self, queue: list[tuple[int, asyncio.Future[None]]], position: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append((position, future))
+        if self._kicked is None:
+            self._loop, self._kicked = asyncio.get_running_loop(), asyncio.Event()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._poll())
         try:
@@ -157,7 +179,7 @@ class Watcher:
             progressed = False
             try:
                 if self._engine:
-                    at = await to_thread.run_sync(self.services.logs.engine_position)
+                    at = await self._engine_position()
                     progressed |= self._release(self._engine, at)
                 if self._projected:
                     at = await to_thread.run_sync(self.services.reads.projected_position)
@@ -165,8 +187,20 @@ class Watcher:
             except Exception:  # a store unreachable: waiters answer 202 at their limit
                 log.exception("waiting for outcomes: cannot read positions")
                 progressed = False
-            delay = POLL_MIN if progressed else min(delay * 2, POLL_MAX)
-            await asyncio.sleep(delay)
+            # Without kicks (another process's engine) a tick that released someone looks
+            # again soon; with them (``kick`` on every committed batch) the looks thin out
+            # until the next batch: each look is a query and a thread hop.
+            kicks = self.services.engine_positions is not None
+            delay = POLL_MIN if progressed and not kicks else min(delay * 2, POLL_MAX)
+            kicked = self._kicked
+            assert kicked is not None
+            try:  # the next look: after ``delay``, or at once when an engine batch committed
+                async with asyncio.timeout(delay):
+                    await kicked.wait()
+                delay = POLL_MIN
+            except TimeoutError:
+                pass
+            kicked.clear()
 
     @staticmethod
     def _release(queue: list[tuple[int, asyncio.Future[None]]], at: int) -> bool:

@@ -138,7 +138,8 @@ class OrderFastPath:
 def _is_json(scope: Scope) -> bool:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+            media: bytes = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json"
     return False
 
 

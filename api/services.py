@@ -44,6 +44,9 @@ class Services:
     max_ready_lag: int = 100_000
     # The waits of ``?wait=true`` (``api.bus.Watcher``), made on first use in the app's loop.
     watcher: Any = field(default=None, repr=False)
+    # In process with the engine (``spotex serve``): its committed (request, exchange) positions,
+    # read from memory instead of the store by ``?wait=true``.
+    engine_positions: Callable[[], tuple[int, int]] | None = None
     # The group commit of appends (``api.bus.Appender``), made on first use in the app's loop.
     appender: Any = field(default=None, repr=False)
     # Serve the ordinary place and cancel without FastAPI's routing (``api.fastpath``).

@@ -247,17 +247,21 @@ class Sequencer:
         stop: threading.Event,
         wake: threading.Event | None = None,
         max_idle: float = 0.05,
+        min_idle: float = 0.001,
     ) -> None:
-        """Consume until ``stop`` is set; idle waits back off to ``max_idle`` seconds.
+        """Consume until ``stop`` is set; idle waits back off from ``min_idle`` to ``max_idle``.
+
+        With a ``wake`` that every append sets, the idle poll is only a fallback and
+        ``min_idle`` can be larger: each poll is a query of the requests log.
 
         On ``stop`` the batch being decided is committed and the loop returns with nothing in
         flight; an error leaves the same way after recovery (the caller decides to exit).
         """
-        idle = 0.001
+        idle = min_idle
         try:
             while not stop.is_set():
                 if self.step():
-                    idle = 0.001
+                    idle = min_idle
                     continue
                 if wake is not None:
                     wake.wait(idle)

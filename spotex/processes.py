@@ -127,9 +127,10 @@ def run_engine(args: argparse.Namespace) -> int:
         )
         wake = threading.Event()
         channel = getattr(logs.requests, "channel_name", None)
-        if settings.backend == "postgres" and isinstance(channel, str):
-            listen_for_requests(settings, channel, wake, stop)
-        sequencer.run(stop, wake, max_idle=0.02)
+        listening = settings.backend == "postgres" and isinstance(channel, str)
+        if listening:
+            listen_for_requests(settings, channel, wake, stop)  # type: ignore[arg-type]
+        sequencer.run(stop, wake, max_idle=0.02, min_idle=0.01 if listening else 0.001)
     except CorruptLog as exc:
         log.critical("engine: the exchange log is corrupt, refusing to go on: %s", exc)
         return EXIT_CORRUPT

@@ -163,10 +163,14 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         projections_wake.set()
         if metrics_box:
             metrics_box[0].observe_batch(n)
+            watcher = metrics_box[1].watcher
+            if watcher is not None:
+                watcher.kick()
 
     sequencer = MeteredSequencer(logs, on_batch)
     log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
-    engine = Worker("spotex-engine", lambda: sequencer.run(engine_stop, engine_wake))
+    # Every append wakes the engine (services.notify), so its idle poll is only a fallback.
+    engine = Worker("spotex-engine", lambda: sequencer.run(engine_stop, engine_wake, min_idle=0.01))
     projections = Worker("spotex-projections",
                          lambda: run_in_process(settings, logs, projections_stop, projections_wake))
 
@@ -174,7 +178,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         return {"engine_thread": engine.state(), "projections_thread": projections.state()}
 
     services = build_services(settings, logs, store, env, notify=engine_wake.set, health=health)
-    metrics_box.append(services.metrics)
+    services.engine_positions = lambda: (sequencer.request_position, sequencer.exchange_position)
+    metrics_box.extend((services.metrics, services))
     app = create_app(services)
 
     register_builtin_users(logs, users, services.clock())
