@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
                                  [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
-                                 [--api-procs 0] [--deflate] [--asgi-send]
+                                 [--api-procs 0] [--deflate] [--asgi-send] [--client raw]
 
 1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
    process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import multiprocessing as mp
 import os
 import random
+import struct
 import subprocess
 import sys
 import tempfile
@@ -78,8 +81,158 @@ def cpu_seconds(pid: int) -> float:
 
 
 def subscriber_process(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any,
-                       deflate: bool = False) -> None:
-    asyncio.run(subscribers(url, n, ready, start, stop, results, deflate))
+                       deflate: bool = False, client: str = "raw") -> None:
+    if client == "raw":
+        import uvloop
+
+        uvloop.run(raw_subscribers(url, n, ready, start, stop, results))
+    else:
+        asyncio.run(subscribers(url, n, ready, start, stop, results, deflate))
+
+
+class RawSubscriber(asyncio.Protocol):
+    """A minimal WebSocket client (RFC 6455) for the bench: the handshake, unmasked server frames
+    parsed from the socket's bytes, masked client frames, pongs to pings, the close code. It does
+    per message what a client must (find each frame, parse its JSON, check book sequences, time
+    trades) and little else, so the clients take less of the cores they share with the server
+    than the ``websockets`` client does (``--client websockets``)."""
+
+    def __init__(self, host: str, shared: dict[str, Any]) -> None:
+        self.host = host
+        self.shared = shared
+        self.buffer = b""
+        self.open = False
+        self.sequence: int | None = None
+        self.fragments: list[bytes] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET /v1/ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key}\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else
+                                         bytes([0x80 | 126]) + struct.pack("!H", n))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.transport.write(head + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buffer + data if self.buffer else data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buf
+                return
+            head, buf = buf[:end], buf[end + 4:]
+            accept = base64.b64encode(hashlib.sha1(
+                (self.key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            if not head.startswith(b"HTTP/1.1 101") or accept.encode() not in head:
+                self.handshake.set_exception(RuntimeError(head[:200].decode("latin-1")))
+                self.transport.close()
+                return
+            self.open = True
+            self.handshake.set_result(None)
+        shared, pos, size = self.shared, 0, len(buf)
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, at = b1 & 0x7F, pos + 2
+            if n == 126:
+                if size - at < 2:
+                    break
+                n, at = struct.unpack_from("!H", buf, at)[0], at + 2
+            elif n == 127:
+                if size - at < 8:
+                    break
+                n, at = struct.unpack_from("!Q", buf, at)[0], at + 8
+            if size - at < n:
+                break
+            payload, pos = buf[at:at + n], at + n
+            opcode = b0 & 0x0F
+            if opcode in (1, 2, 0):
+                if not b0 & 0x80:
+                    self.fragments.append(payload)
+                    continue
+                if self.fragments:
+                    payload = b"".join([*self.fragments, payload])
+                    self.fragments = []
+                self.message(payload, now, shared)
+            elif opcode == 9:
+                self.send_frame(10, payload)
+            elif opcode == 8:
+                code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else 1005
+                shared["dropped" if code == 4008 else "closed"] += 1
+                self.transport.close()
+                return
+        self.buffer = buf[pos:]
+
+    def message(self, payload: bytes, now: float, shared: dict[str, Any]) -> None:
+        m = orjson.loads(payload)
+        shared["messages"] += 1
+        if shared["counting"]:
+            shared["counted"] += 1
+        channel = m.get("channel")
+        if channel == "book":
+            if m["type"] == "snapshot":
+                self.sequence = m["sequence"]
+            elif m["type"] == "update" and self.sequence is not None:
+                if m["sequence"] != self.sequence + 1:
+                    shared["gaps"] += 1
+                self.sequence = m["sequence"]
+        elif channel == "trades" and m["type"] == "update" and shared["counting"]:
+            for t in m["trades"]:
+                shared["delays"].append(now - datetime.fromisoformat(t["time"]).timestamp())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def raw_subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    shared: dict[str, Any] = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0,
+                              "counting": False, "delays": []}
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(50)
+
+    async def open_one() -> RawSubscriber:
+        async with sem:
+            _, proto = await loop.create_connection(lambda: RawSubscriber(f"{host}:{port}", shared),
+                                                    host, int(port))
+            await asyncio.wait_for(proto.handshake, 60)
+            for channel in ("book", "trades"):
+                proto.send_frame(1, json.dumps({"op": "subscribe", "channel": channel,
+                                                "market": MARKET}).encode())
+            return proto
+
+    conns = await asyncio.gather(*(open_one() for _ in range(n)))
+    while shared["messages"] < 4 * n:  # two acks and two snapshots each
+        await asyncio.sleep(0.05)
+    ready.set()
+    while not start.is_set():
+        await asyncio.sleep(0.01)
+    cpu0 = time.process_time()
+    shared["counting"] = True
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    shared["counting"] = False
+    cpu = time.process_time() - cpu0
+    for c in conns:
+        if not c.transport.is_closing():
+            c.send_frame(8, struct.pack("!H", 1000))
+            c.transport.close()
+    stats = {k: shared[k] for k in ("messages", "counted", "gaps", "dropped", "closed")}
+    stats["cpu"] = cpu
+    results.put((stats, shared["delays"]))
 
 
 async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any,
@@ -88,7 +241,7 @@ async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, resul
     from websockets.exceptions import ConnectionClosed
 
     ws_url = url.replace("http://", "ws://") + "/v1/ws"
-    stats = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
+    stats: dict[str, Any] = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
     delays: list[float] = []
     counting = False
 
@@ -136,10 +289,12 @@ async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, resul
     ready.set()
     while not start.is_set():
         await asyncio.sleep(0.01)
+    cpu0 = time.process_time()
     counting = True
     while not stop.is_set():
         await asyncio.sleep(0.05)
     counting = False
+    stats["cpu"] = time.process_time() - cpu0  # type: ignore[assignment]
     for ws in conns:
         await ws.close()
     for t in tasks:
@@ -200,9 +355,13 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch PostgreSQL database")
     p.add_argument("--api-procs", type=int, default=0,
                    help="extra `spotex api` processes (PostgreSQL only) sharing the subscribers")
+    p.add_argument("--client", choices=("raw", "websockets"), default="raw",
+                   help="the subscribers' client: a minimal one (default) or the websockets package's")
     p.add_argument("--asgi-send", action="store_true",
                    help="SPOTEX_WS_DIRECT=0: every message through ASGI send, not written to the transport")
     args = p.parse_args()
+    if args.deflate:
+        args.client = "websockets"  # the minimal client negotiates no extension
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
     print_machine()
     print("load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -210,7 +369,8 @@ def main() -> int:
     print(f"ws bench: {args.subscribers} subscribers in {args.procs} client processes, book+trades of "
           f"{MARKET}, {args.rate:g} orders/s for {args.seconds:g} s, backend {backend}, "
           f"permessage-deflate {'on' if args.deflate else 'off'}, "
-          f"{'ASGI send' if args.asgi_send else 'direct frame writes'}", flush=True)
+          f"{'SPOTEX_WS_DIRECT=0 (ASGI send)' if args.asgi_send else 'the default send path'}, "
+          f"{args.client} client", flush=True)
 
     db_url = None
     if args.url != "sqlite":
@@ -281,7 +441,8 @@ def main() -> int:
         for i, share in enumerate(shares):
             ready = ctx.Event()
             proc = ctx.Process(target=subscriber_process,
-                               args=(urls[i % len(urls)], share, ready, start, stop, results, args.deflate))
+                               args=(urls[i % len(urls)], share, ready, start, stop, results, args.deflate,
+                                     args.client))
             proc.start()
             readies.append(ready)
             procs.append(proc)
@@ -305,7 +466,7 @@ def main() -> int:
         window = time.monotonic() - w0
         cpu = sum(cpu_seconds(x) for x in pids) - cpu0
         rss_peak = sum(rss_kib(x) for x in pids)
-        totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0}
+        totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0, "cpu": 0.0}
         delays: list[float] = []
         for _ in procs:
             stats, d = results.get(timeout=120)
@@ -328,7 +489,8 @@ def main() -> int:
               f"({len(pids)} process{'es' if len(pids) > 1 else ''}), "
               f"RSS at the end {rss_peak / 1024:.0f} MiB", flush=True)
         print(f"server CPU per message delivered: {cpu / max(1, totals['counted']) * 1e6:.1f} µs "
-              f"({cpu:.2f} s for {totals['counted']} messages)", flush=True)
+              f"({cpu:.2f} s for {totals['counted']} messages); the clients' "
+              f"{totals['cpu'] / max(1, totals['counted']) * 1e6:.1f} µs ({args.client} client)", flush=True)
         print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
               flush=True)
     finally:
