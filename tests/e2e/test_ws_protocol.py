@@ -32,11 +32,14 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["direct", "asgi"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Both ways a connection writes: frames straight to uvicorn's transport (the default), and
+    ASGI ``send`` per message (SPOTEX_WS_DIRECT=0, as under another server)."""
     s = start_server(tmp_path_factory.mktemp("spotex-ws-protocol"),
                      {"SPOTEX_WS_MAX_QUEUE": "50", "SPOTEX_WS_MAX_QUEUE_BYTES": "20000",
-                      "SPOTEX_WS_SEND_BUFFER": "16384"})
+                      "SPOTEX_WS_SEND_BUFFER": "16384",
+                      "SPOTEX_WS_DIRECT": "1" if request.param == "direct" else "0"})
     try:
         yield s
     finally:
