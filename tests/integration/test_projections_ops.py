@@ -372,6 +372,30 @@ def test_a_failing_event_stops_a_parallel_rebuild_and_leaves_the_live_tables(
         assert tx.fetchone("SELECT count(*) FROM projection_tracking WHERE name LIKE ?", ("%@%",))[0] == 0
 
 
+def test_the_collector_pause_of_replays_nests_and_restores() -> None:
+    """Replays pause the cyclic garbage collector; overlapping replays (threads of one worker)
+    keep it paused until the last one ends, and it comes back only if it was on."""
+    import gc
+
+    assert gc.isenabled()
+    with rebuild_module.no_automatic_gc():
+        assert not gc.isenabled()
+        with rebuild_module.no_automatic_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with rebuild_module.no_automatic_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), rebuild_module.no_automatic_gc():
+        raise RuntimeError("a failed replay")
+    assert gc.isenabled()
+
+
 def test_run_in_process_follows_both_logs_until_stopped(
     opened: tuple[Settings, Logs, ReadStore],
 ) -> None:
