@@ -23,7 +23,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,22 +320,27 @@ def run_segments(
     seen: set[str] = set()
     dirty = 0 if jobs < 2 or n < 2 else None
     if dirty is None:
-        ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(jobs, n), mp_context=ctx)
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, n))
+        clean = False
         try:
-            futures = [
-                pool.submit(audit_segment, seg, until, tracked, (), f"audit[segment {i + 1}/{n}]")
+            pending = [
+                pool.apply_async(audit_segment, (seg, until, tracked, (), f"audit[segment {i + 1}/{n}]"))
                 for i, seg in enumerate(segments)
             ]
-            for i, future in enumerate(futures):
-                found, report, ids = future.result()
+            for i, result in enumerate(pending):
+                found, report, ids = result.get()
                 if found or not seen.isdisjoint(ids):
                     dirty = i
                     break
                 seen.update(ids)
                 reports.append(report)
+            clean = dirty is None
         finally:
-            pool.shutdown(wait=dirty is None, cancel_futures=True)
+            if clean:
+                pool.close()
+            else:  # the later segments' work is void (or a segment failed): stop it, free the CPUs
+                pool.terminate()
+            pool.join()
     if dirty is None:
         return [], merge_segments(reports)
     tail = Segment(
