@@ -57,6 +57,10 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _rss(who: int) -> str:
+    return f"{resource.getrusage(who).ru_maxrss / 1024:,.0f} MiB"  # Linux: KiB
+
+
 def _cpu() -> float:
     """CPU seconds of this process and of its finished children (a parallel rebuild's)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -139,11 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if n > 1:
                     timed(f"all (14), {n} processes", every, outcomes, n)
             print("all: exchange outcomes/s (the requests log, as long, is replayed beside); "
-                  "cpu: this process and its children; with processes, each reads and decodes the "
-                  "log for its own group: " + "; ".join(
-                      f"{n}: " + " | ".join(", ".join(c.name for c in g) for g in split(every, n))
-                      for n in args.processes if n > 1))
+                  "cpu: this process and its children")
+            if any(n > 1 for n in args.processes):
+                print("with processes, each reads and decodes the log for its own group: " + "; ".join(
+                    f"{n}: " + " | ".join(", ".join(c.name for c in g) for g in split(every, n))
+                    for n in args.processes if n > 1))
         print(f"load average after: {_load()}")
+        print(f"peak memory (max RSS): this process {_rss(resource.RUSAGE_SELF)}, "
+              f"largest child {_rss(resource.RUSAGE_CHILDREN)}")
         store.close()
     return 0
 
