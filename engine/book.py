@@ -18,7 +18,7 @@ best ask) between requests.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
 from domain.ledger import Violation
@@ -111,7 +111,14 @@ class Book:
         level = by_key.get(key)
         if level is None:
             level = by_key[key] = Level()  # type: ignore[index]
-            insort(levels.ladder, -key)  # type: ignore[operator]
+            ladder, neg = levels.ladder, -key  # type: ignore[operator]
+            lo = len(ladder) - 32  # among the 32 best keys first, as in _position
+            if lo <= 0:
+                ladder.insert(bisect_left(ladder, neg), neg)
+            elif ladder[lo] < neg:
+                ladder.insert(bisect_left(ladder, neg, lo), neg)
+            else:
+                ladder.insert(bisect_left(ladder, neg, 0, lo), neg)
         level.orders[order.order_id] = order
         level.total += order.remaining
         order.booked = True
@@ -129,7 +136,7 @@ class Book:
         if not orders:
             del by_key[key]  # type: ignore[arg-type]
             ladder = levels.ladder
-            del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
+            del ladder[_position(ladder, -key)]  # type: ignore[operator]
         else:
             gone = level.gone + 1
             if gone > 64 and gone * gone > len(orders):
@@ -153,7 +160,7 @@ class Book:
             if not orders:
                 del by_key[key]  # type: ignore[arg-type]
                 ladder = levels.ladder
-                del ladder[bisect_left(ladder, -key)]  # type: ignore[operator]
+                del ladder[_position(ladder, -key)]  # type: ignore[operator]
             else:
                 gone = level.gone + 1
                 if gone > 64 and gone * gone > len(orders):
@@ -257,3 +264,15 @@ def _walk(by_key: dict[int, Level], ladder: list[int], bound: int | None) -> Ite
         if bound is not None and -neg > bound:
             return
         yield from by_key[-neg].orders.values()
+
+
+def _position(ladder: list[int], neg: int) -> int:
+    """Where ``neg`` is or would go in ``ladder`` (``bisect_left``), looking among the 32 best
+    keys first: levels come and go near the touch, and a plain bisection of a long ladder would
+    start with keys far from it, whose int objects are cold in a big book (a cache miss each)."""
+    lo = len(ladder) - 32
+    if lo <= 0:
+        return bisect_left(ladder, neg)
+    if ladder[lo] < neg:
+        return bisect_left(ladder, neg, lo)
+    return bisect_left(ladder, neg, 0, lo)
