@@ -461,6 +461,15 @@ def test_cli_migrate_status_rebuild_verify(
     assert cli.main(["projections", "rebuild", "trades"]) == 0
     assert cli.main(["projections", "verify", "trades"]) == 0
     capsys.readouterr()
+    # replayed in two processes (PostgreSQL; SQLite replays in this one): the same
+    monkeypatch.setenv("SPOTEX_REBUILD_PROCESSES", "2")
+    assert cli.main(["projections", "rebuild", "all"]) == 0
+    assert f"rebuilt orders at position {head:,}" in capsys.readouterr().out
+    assert cli.main(["projections", "verify"]) == 0
+    assert "trades: identical to a rebuild" in capsys.readouterr().out
+    monkeypatch.setenv("SPOTEX_REBUILD_PROCESSES", "two")
+    assert cli.main(["projections", "rebuild", "all"]) == 2
+    assert "SPOTEX_REBUILD_PROCESSES must be a whole number" in capsys.readouterr().err
 
 
 def test_status_shows_a_stopped_projection_and_exits_1(
