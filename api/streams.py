@@ -68,13 +68,14 @@ class Hub:
     """Subscriptions of every connection of this process, and the one task that follows."""
 
     def __init__(self, store: Any, logs: Any, interval: float = 0.01, queue_messages: int = 5000,
-                 queue_bytes: int = 8 * 1024 * 1024) -> None:
+                 queue_bytes: int = 8 * 1024 * 1024, send_buffer: int = 0) -> None:
         self.store = store
         self.logs = logs
         self.interval = interval
         # Each connection's bound on what waits to be sent (api.routers.ws)
         self.queue_messages = queue_messages
         self.queue_bytes = queue_bytes
+        self.send_buffer = send_buffer  # SO_SNDBUF per connection; 0: the kernel's autotuning
         self.channels: dict[Key, Channel] = {}
         self.subscribers: dict[Key, set[Subscriber]] = {}
         self.users: dict[str, UserFollow] = {}
@@ -93,11 +94,12 @@ class Hub:
 
     @classmethod
     def from_environ(cls, store: Any, logs: Any, environ: Mapping[str, str]) -> Hub:
-        """``SPOTEX_WS_POLL`` (seconds), ``SPOTEX_WS_MAX_QUEUE`` (messages) and
-        ``SPOTEX_WS_MAX_QUEUE_BYTES`` per connection."""
+        """``SPOTEX_WS_POLL`` (seconds), ``SPOTEX_WS_MAX_QUEUE`` (messages),
+        ``SPOTEX_WS_MAX_QUEUE_BYTES`` and ``SPOTEX_WS_SEND_BUFFER`` (bytes) per connection."""
         return cls(store, logs, interval=float(environ.get("SPOTEX_WS_POLL") or 0.01),
                    queue_messages=int(environ.get("SPOTEX_WS_MAX_QUEUE") or 5000),
-                   queue_bytes=int(environ.get("SPOTEX_WS_MAX_QUEUE_BYTES") or 8 * 1024 * 1024))
+                   queue_bytes=int(environ.get("SPOTEX_WS_MAX_QUEUE_BYTES") or 8 * 1024 * 1024),
+                   send_buffer=int(environ.get("SPOTEX_WS_SEND_BUFFER") or 0))
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -406,12 +406,11 @@ class Connection:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     hub = hub_of(websocket)
     await websocket.accept()
-    send_buffer = int(os.environ.get("SPOTEX_WS_SEND_BUFFER") or 0)
-    proto = uvicorn_protocol(websocket) if send_buffer else None
+    proto = uvicorn_protocol(websocket) if hub.send_buffer else None
     sock = proto.transport.get_extra_info("socket") if proto is not None and proto.transport else None
     if sock is not None:  # bound the kernel's buffer too (else it autotunes, to 4 MiB on Linux)
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.send_buffer)
     connection = Connection(websocket, hub, websocket.app.state.services.settings.jwt_secret,
                             direct_protocol(websocket))
     await connection.run()
