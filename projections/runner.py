@@ -38,7 +38,7 @@ import orjson
 from engine.exchange import RequestRecord
 from engine.log import Logs, Outcome, RecordedOutcome, Request
 from projections.base import Projection, RequestLookup
-from projections.locks import ProjectionLock
+from projections.locks import ProjectionLock, acquire_many, release_many
 from projections.registry import PROJECTIONS
 from projections.store import ReadStore, Tx, open_read_store
 from projections.tracking import lock_tracking, record_error, save_tracking
@@ -489,20 +489,21 @@ def run_in_process(
             worked = 0
             try:
                 for source in sources.values():
-                    group = []
+                    wanted = []
                     for name, f in followers.items():
                         if f.source != source.name:
                             continue
                         since = failed_at.get(name)
                         if since is not None and time.monotonic() - since < retry_after:
                             continue
-                        if locks[name].acquire(0):
-                            group.append(f)
+                        wanted.append(locks[name])
+                    taken = acquire_many(wanted)
+                    names = {lock.name for lock in taken}
+                    group = [f for name, f in followers.items() if name in names]
                     try:
                         worked += catch_up(group, source, stop, batch=batch, max_pages=20)
                     finally:
-                        for f in group:
-                            locks[f.name].release()
+                        release_many(taken)
                     for f in group:
                         if f.failed is not None:
                             failed_at[f.name] = time.monotonic()

@@ -313,6 +313,10 @@ class PostgresStore(ReadStore):
     def advisory(self, statement: str) -> bool:
         """Run an advisory-lock statement on this store's one lock session (shared by all the
         projection locks of the process; reconnected if it broke — its locks died with it)."""
+        return self.advisory_row(statement)[0]
+
+    def advisory_row(self, statement: str) -> tuple[bool, ...]:
+        """``advisory`` for a statement with several columns (several locks in one round trip)."""
         import psycopg
 
         with self._lock_guard:
@@ -321,12 +325,12 @@ class PostgresStore(ReadStore):
                     self._lock_conn = psycopg.connect(self.url, autocommit=True)
                 try:
                     row = self._lock_conn.execute(statement).fetchone()
-                    return bool(row[0])
+                    return tuple(bool(v) for v in row)
                 except psycopg.OperationalError:
                     self._lock_conn = None
                     if attempt == 2:
                         raise
-        return False
+        return (False,)
 
     def close(self) -> None:
         with self._lock_guard:
