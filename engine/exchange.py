@@ -238,8 +238,21 @@ class Exchange:
         for symbol, sides in state["books"].items():
             book = ex.books[symbol]
             for side in ("bids", "asks"):
+                # The ids come best level first, in time priority within a level. Levels are
+                # added worst first (each then lands at the best end of the sorted keys, where
+                # inserting moves nothing): best first costs a move of every key per level,
+                # seconds for a book of 100,000 levels. Within a level the order is kept.
+                levels: list[list[Order]] = []
+                price: int | None = None
                 for oid in sides[side]:
-                    book.add(ex.orders[oid])
+                    order = ex.orders[oid]
+                    if not levels or order.price != price:
+                        levels.append([])
+                        price = order.price
+                    levels[-1].append(order)
+                for level in reversed(levels):
+                    for order in level:
+                        book.add(order)
         for wid, user_id, asset, amount, status in state["withdrawals"]:
             ex.withdrawals[wid] = Withdrawal(user_id, asset, amount, status)
         ex.keys = dict.fromkeys(state["keys"])
