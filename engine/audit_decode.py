@@ -21,15 +21,13 @@ is still checked over the stored bytes, never over re-encoded ones.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from uuid import UUID
 
-import orjson
-
 from engine.audit import StoredOutcome, Unreadable, scalar_json
 from engine.exchange import RequestRecord
+from engine.jsondecode import loads
 from engine.log import EXCHANGE_STREAM_ID
 
 
@@ -39,20 +37,7 @@ def _time(value: Any) -> str:
     return str(value["_data_"])
 
 
-_stdlib_decode = json.JSONDecoder().decode
-_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))  # digits → "0", else "x"
-_LONG_NUMBER = b"0" * 19  # orjson makes a float of an integer this long that leaves 64 bits
-
-
-def _decode(state: bytes) -> Any:
-    """``json.loads`` of the stored bytes, by orjson where that is provably the same."""
-    if _LONG_NUMBER not in state.translate(_DIGITS):
-        try:
-            return orjson.loads(state)
-        except orjson.JSONDecodeError:
-            pass  # json may still accept it (NaN, a lone surrogate) or say why not
-    return _stdlib_decode(state.decode())
-
+_decode = loads  # ``json.loads`` of the stored bytes, by orjson where that is provably the same
 
 
 _EXCHANGE_TEXT = str(EXCHANGE_STREAM_ID)

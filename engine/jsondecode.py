@@ -19,8 +19,15 @@ _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))  # digi
 _LONG_NUMBER = b"0" * 19  # orjson makes a float of an integer this long that leaves 64 bits
 
 
+def long_number(state: bytes) -> bool:
+    """19 digits in a row anywhere (a number that may not fit 64 bits, or just a long digit run
+    inside a string). Found by mapping every digit to "0" and the rest to "x": bytes.translate
+    takes ~2 µs for a 1 KB outcome, a regular expression ~11."""
+    return _LONG_NUMBER in state.translate(_DIGITS)
+
+
 def loads(state: bytes) -> Any:
-    if _LONG_NUMBER not in state.translate(_DIGITS):
+    if not long_number(state):
         try:
             return orjson.loads(state)
         except orjson.JSONDecodeError:
