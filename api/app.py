@@ -38,7 +38,7 @@ from api.routers import (
     withdrawals,
     ws,
 )
-from api.security import InvalidToken, decode_token
+from api.security import bearer_principal
 from api.services import Services
 
 UNLIMITED = ("/healthz", "/readyz", "/metrics")
@@ -63,16 +63,8 @@ class EdgeMiddleware:
         self.inner = OrderFastPath(app, services) if services.fast_path else app
 
     def _user(self, scope: Scope) -> str | None:
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer":
-                    return None
-                try:
-                    return decode_token(self.services.settings.jwt_secret, token.strip()).user_id
-                except InvalidToken:
-                    return None
-        return None
+        user = bearer_principal(self.services.settings.jwt_secret, scope.get("headers", ()))
+        return None if user is None else user.user_id
 
     async def _limited(self, scope: Scope) -> float | None:
         limiter = self.services.limiter

@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import bus, edge
 from api.errors import ApiError, error_response
 from api.schemas import OrderCreate
-from api.security import InvalidToken, Principal, decode_token
+from api.security import Principal, bearer_principal
 from api.services import Services
 from domain.commands import CancelOrder, PlaceOrder
 
@@ -68,17 +68,8 @@ class OrderFastPath:
             await self.app(scope, receive, send)
 
     def _trader(self, scope: Scope) -> Principal | None:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token:
-                    return None
-                try:
-                    user = decode_token(self.services.settings.jwt_secret, token.strip())
-                except InvalidToken:
-                    return None
-                return user if user.has("trader") else None
-        return None
+        user = bearer_principal(self.services.settings.jwt_secret, scope["headers"])
+        return user if user is not None and user.has("trader") else None
 
     async def _place(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read_body(receive)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -102,3 +103,19 @@ def decode_token(secret: str, token: str, now: float | None = None) -> Principal
             if len(_verified) > VERIFIED_MAX:
                 _verified.popitem(last=False)
     return principal
+
+
+def bearer_principal(secret: str, headers: Iterable[tuple[bytes, bytes]]) -> Principal | None:
+    """The caller of an ASGI request by its ``Authorization: Bearer`` token, or None (no token,
+    another scheme, or a token that does not verify)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                return None
+            try:
+                return decode_token(secret, token)
+            except InvalidToken:
+                return None
+    return None
