@@ -63,6 +63,11 @@ class Metrics:
             "spotex_http_fast_path_requests", "order requests served by the hot path (api.fastpath)",
             ["route"], registry=self.registry,
         )
+        self.ws_connections = Counter(
+            "spotex_ws_connections", "WebSocket connections accepted, by how they write "
+            "(direct: frames straight to uvicorn's transport; asgi: ASGI send per message)",
+            ["path"], registry=self.registry,
+        )
         self._lags: _LagCollector | None = None
 
     def watch(self, source: Callable[[], dict[str, Any]]) -> None:

@@ -411,6 +411,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if sock is not None:  # bound the kernel's buffer too (else it autotunes, to 4 MiB on Linux)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, hub.send_buffer)
-    connection = Connection(websocket, hub, websocket.app.state.services.settings.jwt_secret,
-                            direct_protocol(websocket))
+    services = websocket.app.state.services
+    direct = direct_protocol(websocket)
+    services.metrics.ws_connections.labels("asgi" if direct is None else "direct").inc()
+    connection = Connection(websocket, hub, services.settings.jwt_secret, direct)
     await connection.run()
