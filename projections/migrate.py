@@ -10,12 +10,23 @@ advisory lock; on SQLite on the write lock.
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from projections.store import ReadStore, Tx
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_dir() -> Path:
+    """``migrations/`` beside the source (a checkout, an editable install), else where a
+    regular install puts it (``<prefix>/share/spotex/migrations``, pyproject's data-files)."""
+    beside = Path(__file__).resolve().parent.parent / "migrations"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "spotex" / "migrations"
+
+
+MIGRATIONS = _migrations_dir()
 FILE_RE = re.compile(r"^(\d{4}_[a-z0-9_]+)\.(sqlite|postgres)\.sql$")
 LOCK_KEY = 0x5B07E8_0001  # the advisory lock that serialises migrations
 
