@@ -314,35 +314,56 @@ def run_segments(
     segments: list[Segment], until: int | None, tracked: int | None, jobs: int
 ) -> tuple[list[AuditViolation], dict[str, Any]]:
     """The segments on ``jobs`` processes; from the first one that is not clean (a finding, or
-    an id applied in an earlier segment too) one run in this process to the end."""
+    an id applied in an earlier segment too) one run in this process to the end.
+
+    At most one segment per worker is in flight, and the pool is never terminated: killing a
+    worker while it sends its result leaves the result queue's lock taken for good, and the
+    pool's own threads then wait on it forever (an audit of a tampered log was seen to hang
+    so). When a segment is not clean, the segments still running are left to finish (at most
+    one per worker; their results are dropped) while the rest is audited here.
+    """
     n = len(segments)
     reports: list[dict[str, Any]] = []
     seen: set[str] = set()
-    dirty = 0 if jobs < 2 or n < 2 else None
-    if dirty is None:
-        pool = multiprocessing.get_context("spawn").Pool(min(jobs, n))
-        clean = False
-        try:
-            pending = [
-                pool.apply_async(audit_segment, (seg, until, tracked, (), f"audit[segment {i + 1}/{n}]"))
-                for i, seg in enumerate(segments)
-            ]
-            for i, result in enumerate(pending):
-                found, report, ids = result.get()
-                if found or not seen.isdisjoint(ids):
-                    dirty = i
-                    break
-                seen.update(ids)
-                reports.append(report)
-            clean = dirty is None
-        finally:
-            if clean:
-                pool.close()
-            else:  # the later segments' work is void (or a segment failed): stop it, free the CPUs
-                pool.terminate()
-            pool.join()
-    if dirty is None:
-        return [], merge_segments(reports)
+    if jobs < 2 or n < 2:
+        return _audit_rest(segments, 0, until, tracked, seen, reports)
+    workers = min(jobs, n)
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        pending: dict[int, Any] = {}
+        submitted = 0
+
+        def submit() -> None:
+            nonlocal submitted
+            while submitted < n and len(pending) < workers:
+                i = submitted
+                pending[i] = pool.apply_async(
+                    audit_segment, (segments[i], until, tracked, (), f"audit[segment {i + 1}/{n}]"))
+                submitted += 1
+
+        submit()
+        dirty = None
+        for i in range(n):
+            found, report, ids = pending.pop(i).get()
+            if found or not seen.isdisjoint(ids):
+                dirty = i
+                break
+            seen.update(ids)
+            reports.append(report)
+            submit()
+        pool.close()
+        if dirty is None:
+            return [], merge_segments(reports)
+        return _audit_rest(segments, dirty, until, tracked, seen, reports)
+    finally:
+        pool.close()
+        pool.join()
+
+
+def _audit_rest(segments: list[Segment], dirty: int, until: int | None, tracked: int | None,
+                seen: set[str], reports: list[dict[str, Any]]) -> tuple[list[AuditViolation], dict[str, Any]]:
+    """One run in this process from segment ``dirty``'s start to the end."""
+    n = len(segments)
     tail = Segment(
         segments[dirty].start, None, {q: s for seg in segments[dirty:] for q, s in seg.snapshots.items()}
     )
