@@ -234,16 +234,21 @@ def _await_startup(sequencer: Sequencer, engine: Worker, projections: Worker, se
     target = logs.last_request_position()
     while sequencer.request_position < target and engine.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
-    head = logs.last_outcome_position()
+    if not _await_projected(projections, services, logs.last_outcome_position(), deadline, 0.02):
+        log.warning("still catching up after %.0fs; serving while the engine and read models follow", limit)
+
+
+def _await_projected(projections: Worker, services: Any, head: int, deadline: float, pause: float) -> bool:
+    """Wait until every read model has applied the exchange log up to ``head``; False if the
+    deadline passed first (a stopped projections thread or an unreadable store ends the wait)."""
     while projections.is_alive() and time.monotonic() < deadline:
         try:
             if services.reads.projected_position() >= head:
-                return
+                return True
         except Exception:
-            return
-        time.sleep(0.02)
-    if time.monotonic() >= deadline:
-        log.warning("still catching up after %.0fs; serving while the engine and read models follow", limit)
+            return True
+        time.sleep(pause)
+    return time.monotonic() < deadline
 
 
 def _shut_down(sequencer: Sequencer, engine: Worker, engine_stop: threading.Event,
@@ -263,15 +268,8 @@ def _shut_down(sequencer: Sequencer, engine: Worker, engine_stop: threading.Even
         log.info("engine drained %s request(s); stopped at request position %s", drained,
                  sequencer.request_position)
     head = logs.last_outcome_position()
-    deadline = time.monotonic() + DRAIN_PROJECTIONS_SECONDS
     projections_wake.set()
-    while projections.is_alive() and time.monotonic() < deadline:
-        try:
-            if services.reads.projected_position() >= head:
-                break
-        except Exception:
-            break
-        time.sleep(0.05)
+    _await_projected(projections, services, head, time.monotonic() + DRAIN_PROJECTIONS_SECONDS, 0.05)
     projections_stop.set()
     projections_wake.set()
     projections.join(timeout=30)
