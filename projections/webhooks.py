@@ -109,7 +109,7 @@ def verify(secret: str, header: str, body: bytes, tolerance: float = 300.0,
 def backoff(attempts: int, config: WebhookConfig, rand: Callable[[], float] = random.random) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones: doubling, capped, jittered."""
     cap = min(config.max_backoff, config.min_backoff * 2 ** max(0, attempts - 1))
-    return cap / 2 + rand() * cap / 2
+    return float(cap / 2 + rand() * cap / 2)
 
 
 def refused_target(url: str, allow_private: bool) -> str | None:
@@ -234,7 +234,7 @@ def declare_webhook_actor(broker: Any, store: ReadStore, config: WebhookConfig,
         if attempt(store, row, config, http) == "retry":
             raise WebhookNotDelivered(f"delivery {delivery_id} not delivered yet")
 
-    return dramatiq.actor(
+    return dramatiq.actor(  # type: ignore[call-overload]  # dramatiq's overloads omit its options
         spotex_send_webhook, broker=broker, queue_name=queue_name, actor_name=f"{queue_name}_send",
         max_retries=max_retries, min_backoff=int(config.min_backoff * 1000),
         max_backoff=int(config.max_backoff * 1000), time_limit=int((config.timeout + 30) * 1000),
