@@ -250,15 +250,8 @@ class Logs:
         self, request_id: UUID, actor: str | None, command: dict[str, Any], time: datetime
     ) -> Appended:
         """Append one request; an identical retry returns the original, a different body raises."""
-        event = Request(  # type: ignore[call-arg]  # the library's dataclass metaclass: mypy sees no fields
-            originator_id=request_id,
-            originator_version=1,
-            timestamp=time,
-            actor=actor,
-            command=command,
-        )
         try:
-            ids = self.requests.insert_events([self.mapper.to_stored_event(event)])
+            ids = self.requests.insert_events([self._stored_request(request_id, actor, command, time)])
         except IntegrityError:
             existing = self.request(request_id)
             if existing is None:
@@ -289,15 +282,7 @@ class Logs:
             if request_id not in first:
                 first[request_id] = i
                 fresh.append(i)
-        events = [
-            self.mapper.to_stored_event(
-                Request(  # type: ignore[call-arg]
-                    originator_id=items[i][0], originator_version=1, timestamp=items[i][3],
-                    actor=items[i][1], command=items[i][2],
-                )
-            )
-            for i in fresh
-        ]
+        events = [self._stored_request(*items[i]) for i in fresh]
         try:
             ids = self.requests.insert_events(events)
         except IntegrityError:
@@ -316,6 +301,18 @@ class Logs:
                 else:
                     results[i] = Appended(request_id, original.position, False)
         return results
+
+    def _stored_request(
+        self, request_id: UUID, actor: str | None, command: dict[str, Any], time: datetime
+    ) -> StoredEvent:
+        event = Request(  # type: ignore[call-arg]  # the library's dataclass metaclass: mypy sees no fields
+            originator_id=request_id,
+            originator_version=1,
+            timestamp=time,
+            actor=actor,
+            command=command,
+        )
+        return self.mapper.to_stored_event(event)
 
     def _append_or_conflict(
         self, request_id: UUID, actor: str | None, command: dict[str, Any], time: datetime
