@@ -35,9 +35,14 @@ async def asset_spec(services: Services, symbol: str) -> dict[str, Any] | None:
     return await _spec(services, "asset", symbol)
 
 
+def known_spec(services: Services, kind: str, symbol: str) -> dict[str, Any] | None:
+    """What this process already keeps of a listed market or asset (``kind``), without a read."""
+    return services.specs.get((kind, symbol))
+
+
 async def _spec(services: Services, kind: str, symbol: str) -> dict[str, Any] | None:
     key = (kind, symbol)
-    found = services.specs.get(key)
+    found = known_spec(services, kind, symbol)
     if found is None:
         read = services.reads.market if kind == "market" else services.reads.asset
         row = await to_thread.run_sync(read, symbol)

@@ -96,14 +96,14 @@ class OrderFastPath:
             command = PlaceOrder(**order.model_dump())
         except (ValueError, ValidationError):  # (json's errors are ValueErrors)
             return None
-        market = self.services.specs.get(("market", order.market))
+        market = edge.known_spec(self.services, "market", order.market)
         if market is None:
             return None  # not known here yet: the route reads it (and this process keeps it)
         try:
             edge.check_price(market, order.price)
             edge.check_quantity(market, order.quantity)
             if order.quote_quantity is not None:
-                quote = self.services.specs.get(("asset", market["quote"]))
+                quote = edge.known_spec(self.services, "asset", market["quote"])
                 if quote is None:
                     return None
                 edge.check_amount(quote, order.quote_quantity, "quote_quantity")
