@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,23 @@ class RawSubscriber(asyncio.Protocol):
             self.done.set_result(None)
 
 
+async def counting_window(messages: Callable[[], int], n: int, ready: Any, start: Any, stop: Any,
+                          counting: Callable[[bool], None]) -> float:
+    """Wait until each of ``n`` subscribers has its two acks and two snapshots, say ready, count
+    from ``start`` to ``stop``; the process CPU seconds of the counted window."""
+    while messages() < 4 * n:
+        await asyncio.sleep(0.05)
+    ready.set()
+    while not start.is_set():
+        await asyncio.sleep(0.01)
+    cpu0 = time.process_time()
+    counting(True)
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    counting(False)
+    return time.process_time() - cpu0
+
+
 async def raw_subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, results: Any) -> None:
     host, port = url.removeprefix("http://").split(":")
     shared: dict[str, Any] = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0,
@@ -215,17 +233,8 @@ async def raw_subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, r
             return proto
 
     conns = await asyncio.gather(*(open_one() for _ in range(n)))
-    while shared["messages"] < 4 * n:  # two acks and two snapshots each
-        await asyncio.sleep(0.05)
-    ready.set()
-    while not start.is_set():
-        await asyncio.sleep(0.01)
-    cpu0 = time.process_time()
-    shared["counting"] = True
-    while not stop.is_set():
-        await asyncio.sleep(0.05)
-    shared["counting"] = False
-    cpu = time.process_time() - cpu0
+    cpu = await counting_window(lambda: shared["messages"], n, ready, start, stop,
+                                lambda on: shared.__setitem__("counting", on))
     for c in conns:
         if not c.transport.is_closing():
             c.send_frame(8, struct.pack("!H", 1000))
@@ -284,17 +293,12 @@ async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, resul
 
     conns = await asyncio.gather(*(open_one() for _ in range(n)))
     tasks = [asyncio.create_task(one(ws)) for ws in conns]
-    while stats["messages"] < 4 * n:  # two acks and two snapshots each
-        await asyncio.sleep(0.05)
-    ready.set()
-    while not start.is_set():
-        await asyncio.sleep(0.01)
-    cpu0 = time.process_time()
-    counting = True
-    while not stop.is_set():
-        await asyncio.sleep(0.05)
-    counting = False
-    stats["cpu"] = time.process_time() - cpu0  # type: ignore[assignment]
+
+    def set_counting(on: bool) -> None:
+        nonlocal counting
+        counting = on
+
+    stats["cpu"] = await counting_window(lambda: stats["messages"], n, ready, start, stop, set_counting)
     for ws in conns:
         await ws.close()
     for t in tasks:
