@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
                                  [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
-                                 [--api-procs 0] [--deflate] [--asgi-send] [--client raw]
+                                 [--api-procs 0] [--spare-serve] [--deflate] [--asgi-send] [--client raw]
 
 1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
    process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
@@ -10,7 +10,9 @@
 2. Opens ``--subscribers`` WebSocket connections on loopback from ``--procs`` client processes,
    each subscribed to ``book`` and ``trades`` of BTC-USDT, and waits for every snapshot. With
    ``--api-procs K`` (PostgreSQL), K more ``spotex api`` processes serve the same database and the
-   subscribers are spread evenly over all K + 1 processes (the fan-out scaling out).
+   subscribers are spread evenly over all K + 1 processes (the fan-out scaling out);
+   ``--spare-serve`` puts none on ``spotex serve``, so that it only runs the engine, the
+   projections and the order requests, and the K api processes do all of the fan-out.
 3. Flows orders at ``--rate`` per second for ``--seconds``: a resting limit order, then a market
    order that trades with the book, alternately on each side.
 4. Prints: messages delivered (all subscribers) per second; the delay of each trade message from
@@ -19,7 +21,9 @@
    max — an upper bound of commit → delivery; the server's resident memory per connection
    (subscribed and idle, minus before any connection); gaps and drops seen by the clients; and the
    server's CPU use during the flow, and that CPU time per message delivered (the figure the
-   others' load distorts least: compare versions with it).
+   others' load distorts least: compare versions with it). Then the same per server process (its
+   subscribers' messages, its CPU) and, on PostgreSQL, the CPU of the database's backends (every
+   connection to the scratch database: the engine's, the projections', each follower's).
 
 The clients run on the same machine and compete with the server for its cores; the figures
 include that. Figures go to ``docs/performance.md`` ("WebSocket fan-out") with the machine.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
@@ -76,6 +81,20 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def backend_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend connected to the database (same machine)."""
+    import psycopg
+
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(db_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)).fetchall()
+    out = {}
+    for (pid,) in rows:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            out[pid] = cpu_seconds(pid)
+    return out
 
 
 # -- subscriber processes -----------------------------------------------------------------------
@@ -239,8 +258,9 @@ async def raw_subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, r
         if not c.transport.is_closing():
             c.send_frame(8, struct.pack("!H", 1000))
             c.transport.close()
-    stats = {k: shared[k] for k in ("messages", "counted", "gaps", "dropped", "closed")}
+    stats: dict[str, Any] = {k: shared[k] for k in ("messages", "counted", "gaps", "dropped", "closed")}
     stats["cpu"] = cpu
+    stats["url"] = url
     results.put((stats, shared["delays"]))
 
 
@@ -299,6 +319,7 @@ async def subscribers(url: str, n: int, ready: Any, start: Any, stop: Any, resul
         counting = on
 
     stats["cpu"] = await counting_window(lambda: stats["messages"], n, ready, start, stop, set_counting)
+    stats["url"] = url
     for ws in conns:
         await ws.close()
     for t in tasks:
@@ -359,6 +380,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch PostgreSQL database")
     p.add_argument("--api-procs", type=int, default=0,
                    help="extra `spotex api` processes (PostgreSQL only) sharing the subscribers")
+    p.add_argument("--spare-serve", action="store_true",
+                   help="no subscribers on `spotex serve` (engine, projections, orders): only on the "
+                        "--api-procs processes")
     p.add_argument("--client", choices=("raw", "websockets"), default="raw",
                    help="the subscribers' client: a minimal one (default) or the websockets package's")
     p.add_argument("--asgi-send", action="store_true",
@@ -383,6 +407,8 @@ def main() -> int:
         db_url = scratch_database(args.url)
     if args.api_procs and not db_url:
         p.error("--api-procs needs PostgreSQL (--url postgresql://...)")
+    if args.spare_serve and not args.api_procs:
+        p.error("--spare-serve needs --api-procs 1 or more")
     tmp = tempfile.TemporaryDirectory()
     server_env = {"SPOTEX_DATABASE_URL": db_url} if db_url else {}
     if args.asgi_send:
@@ -438,15 +464,19 @@ def main() -> int:
         start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
         readies, procs = [], []
         # one client process per (server, share): each connects to one server
-        groups = max(args.procs, len(urls))
+        serving = urls[1:] if args.spare_serve else urls
+        groups = max(args.procs, len(serving))
         shares = [args.subscribers // groups + (1 if i < args.subscribers % groups else 0)
                   for i in range(groups)]
+        subscribers_of = dict.fromkeys(urls, 0)
+        for i, share in enumerate(shares):
+            subscribers_of[serving[i % len(serving)]] += share
         t0 = time.monotonic()
         for i, share in enumerate(shares):
             ready = ctx.Event()
             proc = ctx.Process(target=subscriber_process,
-                               args=(urls[i % len(urls)], share, ready, start, stop, results, args.deflate,
-                                     args.client))
+                               args=(serving[i % len(serving)], share, ready, start, stop, results,
+                                     args.deflate, args.client))
             proc.start()
             readies.append(ready)
             procs.append(proc)
@@ -462,20 +492,26 @@ def main() -> int:
               f"{per_conn:.1f} KiB per connection", flush=True)
 
         tokens = [t.token or "" for t in traders]
-        cpu0, w0 = sum(cpu_seconds(x) for x in pids), time.monotonic()
+        db_cpu0 = backend_cpu(db_url) if db_url else {}
+        cpus0 = [cpu_seconds(x) for x in pids]
+        w0 = time.monotonic()
         start.set()
         sent, errors = asyncio.run(order_flow(server.url, tokens, args.rate, args.seconds))
         time.sleep(2)  # the last messages
         stop.set()
         window = time.monotonic() - w0
-        cpu = sum(cpu_seconds(x) for x in pids) - cpu0
+        cpus = [cpu_seconds(x) - c0 for x, c0 in zip(pids, cpus0, strict=True)]
+        cpu = sum(cpus)
+        db_cpu1 = backend_cpu(db_url) if db_url else {}
         rss_peak = sum(rss_kib(x) for x in pids)
         totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0, "cpu": 0.0}
         delays: list[float] = []
+        counted_by = dict.fromkeys(urls, 0)
         for _ in procs:
             stats, d = results.get(timeout=120)
             for k in totals:
                 totals[k] += stats[k]
+            counted_by[stats["url"]] += stats["counted"]
             delays.extend(d)
         for proc in procs:
             proc.join(timeout=60)
@@ -495,6 +531,16 @@ def main() -> int:
         print(f"server CPU per message delivered: {cpu / max(1, totals['counted']) * 1e6:.1f} µs "
               f"({cpu:.2f} s for {totals['counted']} messages); the clients' "
               f"{totals['cpu'] / max(1, totals['counted']) * 1e6:.1f} µs ({args.client} client)", flush=True)
+        for i, (url, c) in enumerate(zip(urls, cpus, strict=True)):
+            role = "spotex serve (engine, projections, orders)" if i == 0 else "spotex api"
+            n_msg = counted_by[url]
+            per = f"{c / n_msg * 1e6:.1f} µs per message of its subscribers" if n_msg else "no subscribers"
+            print(f"  process {i}, {role}, {subscribers_of[url]} subscribers: {n_msg / window:,.0f} "
+                  f"messages/s, CPU {c / window * 100:.0f}% of one core ({c:.2f} s), {per}", flush=True)
+        if db_url:
+            db = sum(c - db_cpu0.get(x, 0.0) for x, c in db_cpu1.items())
+            print(f"  PostgreSQL backends of the database ({len(db_cpu1)} connections): CPU "
+                  f"{db / window * 100:.0f}% of one core ({db:.2f} s)", flush=True)
         print("load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
               flush=True)
     finally:
