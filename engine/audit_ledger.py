@@ -33,6 +33,7 @@ from domain.markets import fee
 
 Fact = dict[str, Any]
 Problem = tuple[str, str]
+Touched = dict[tuple[str, str], None]  # the keys a fact changed, in order (a dict: an ordered set)
 FEES = "@fees"
 
 
@@ -87,8 +88,11 @@ class LedgerCheck:
 
     def _fact(self, f: Fact, out: list[Problem]) -> None:
         kind = f["type"]
-        self.counts[kind] += 1
-        touched: set[tuple[str, str]] = set()
+        counts = self.counts
+        counts[kind] = counts.get(kind, 0) + 1
+        # the (account, asset) keys this fact changed, in the order first changed (so that the
+        # problems about them come in a fixed order)
+        touched: dict[tuple[str, str], None] = {}
         postings = f.get("postings")
         if postings is not None:
             self._post(kind, postings, touched, out)
@@ -97,17 +101,18 @@ class LedgerCheck:
             rule(self, f, touched, out)
         balances, held = self.balances, self.held
         for key in touched:
-            account, asset = key
-            available, frozen = balances.get(key, (0, 0))
-            if account.startswith("@"):
+            row = balances.get(key)
+            available, frozen = (0, 0) if row is None else row
+            account = key[0]
+            if account[:1] == "@":
                 if frozen:
-                    out.append(("system_frozen", f"{account}/{asset} frozen {frozen} after {kind}"))
+                    out.append(("system_frozen", f"{account}/{key[1]} frozen {frozen} after {kind}"))
                 continue
             if available < 0 or frozen < 0:
                 out.append(
                     (
                         "negative_balance",
-                        f"{account}/{asset} available {available}, frozen {frozen} after {kind}",
+                        f"{account}/{key[1]} available {available}, frozen {frozen} after {kind}",
                     )
                 )
             want = held.get(key, 0)
@@ -115,13 +120,11 @@ class LedgerCheck:
                 out.append(
                     (
                         "frozen_mismatch",
-                        f"{account}/{asset} frozen {frozen} but its holds are {want} after {kind}",
+                        f"{account}/{key[1]} frozen {frozen} but its holds are {want} after {kind}",
                     )
                 )
 
-    def _post(
-        self, kind: str, postings: list[Any], touched: set[tuple[str, str]], out: list[Problem]
-    ) -> None:
+    def _post(self, kind: str, postings: list[Any], touched: Touched, out: list[Problem]) -> None:
         sums: dict[str, int] = {}
         balances = self.balances
         for account, asset, d_available, d_frozen in postings:
@@ -135,7 +138,7 @@ class LedgerCheck:
                 row[0] += d_available
                 row[1] += d_frozen
             sums[asset] = sums.get(asset, 0) + d_available + d_frozen
-            touched.add(key)
+            touched[key] = None
         # The totals over all accounts move only by what a fact fails to balance.
         if not any(sums.values()):
             return
@@ -147,16 +150,14 @@ class LedgerCheck:
 
     # -- holds ------------------------------------------------------------------------------
 
-    def _hold(
-        self, hold_id: str, account: str, asset: str, amount: int, touched: set[tuple[str, str]]
-    ) -> None:
+    def _hold(self, hold_id: str, account: str, asset: str, amount: int, touched: Touched) -> None:
         self.holds[hold_id] = [account, asset, amount]
         key = (account, asset)
         self.held[key] = self.held.get(key, 0) + amount
-        touched.add(key)
+        touched[key] = None
 
     def _change_hold(
-        self, hold_id: str, delta: int, touched: set[tuple[str, str]], out: list[Problem], why: str
+        self, hold_id: str, delta: int, touched: Touched, out: list[Problem], why: str
     ) -> list[Any] | None:
         hold = self.holds.get(hold_id)
         if hold is None:
@@ -165,7 +166,7 @@ class LedgerCheck:
         hold[2] += delta
         key = (hold[0], hold[1])
         self.held[key] += delta
-        touched.add(key)
+        touched[key] = None
         if hold[2] < 0:
             out.append(("hold_overdrawn", f"{why}: hold {hold_id} is now {hold[2]}"))
         return hold
@@ -177,8 +178,6 @@ class LedgerCheck:
 
 
 # -- the rules per fact type ----------------------------------------------------------------
-
-Touched = set[tuple[str, str]]
 
 
 def _asset_listed(lc: LedgerCheck, f: Fact, touched: Touched, out: list[Problem]) -> None:

@@ -41,7 +41,7 @@ def ledger_from_state(state: Mapping[str, Any], orders: list[Order] | None = Non
         lc.precisions[symbol] = precision
     for listing in state["markets"]:
         lc.markets[listing["symbol"]] = _MarketTerms(listing, lc.precisions)
-    touched: set[tuple[str, str]] = set()
+    touched: dict[tuple[str, str], None] = {}
     for order in _orders(state) if orders is None else orders:
         lc._hold(order.order_id, order.user_id, order.hold_asset, order.hold, touched)
         lc.ids.add(order.order_id)
