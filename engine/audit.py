@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
+
 from engine.audit_book import BookCheck
 from engine.audit_ledger import LedgerCheck
 from engine.audit_reexec import Reexecution
@@ -89,7 +91,48 @@ class StoredOutcome(RecordedOutcome):
     checked over them without encoding the facts again: if they hash right they are unchanged,
     and the decoded facts, parsed from exactly them, are too."""
 
-    facts_json: str | None = None
+    facts_json: str | bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecided:
+    """A stored outcome whose head is decoded and whose facts are not, yet: the reader
+    (``engine.audit_decode.decode_outcome_head``) gives one when the stored state is laid out
+    exactly as ``engine.log.encode_outcome`` writes it, every head field in the one form the
+    canonical encoding gives it (so those bytes are what the engine hashed too).
+
+    ``Audit`` decides it before anything else is checked: it re-executes the request the
+    outcome answers, and when the canonical bytes of the re-executed facts are the stored facts'
+    bytes, the recorded facts *are* those facts (the same JSON), so they are taken as they are
+    and never parsed; otherwise ``decode`` gives what the full decoder makes of the stored
+    event, exactly as if it had been decoded in the first place."""
+
+    position: int
+    seq: int
+    time: str
+    request_id: str
+    request_position: int
+    actor: str | None
+    command: str | None
+    prev_hash: str
+    hash: str
+    facts_json: bytes
+    decode: Callable[[], StoredOutcome | Unreadable]
+
+    def with_facts(self, facts: list[dict[str, Any]]) -> StoredOutcome:
+        return StoredOutcome(
+            self.position,
+            self.seq,
+            self.time,
+            self.request_id,
+            self.request_position,
+            self.actor,
+            self.command,
+            facts,
+            self.prev_hash,
+            self.hash,
+            self.facts_json,
+        )
 
 
 Progress = Callable[[int, int], None]  # (outcomes audited, exchange position)
@@ -98,6 +141,7 @@ Progress = Callable[[int, int], None]  # (outcomes audited, exchange position)
 # mismatch is confirmed with ``outcome_hash`` itself before it is reported.
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _string = json.encoder.encode_basestring  # what that encoder does with a str, without its dispatch
+_dumps, _SORT_KEYS = orjson.dumps, orjson.OPT_SORT_KEYS
 
 
 def scalar_json(value: Any) -> str:
@@ -118,13 +162,28 @@ def _chain_hash(o: RecordedOutcome) -> str:
     facts_json = getattr(o, "facts_json", None)
     if facts_json is None:
         body = _encode([o.seq, o.request_id, o.request_position, o.time, o.actor, o.command, o.facts])
-    else:  # canonical([...]) is its items' canonical encodings joined by commas
-        e = scalar_json
-        body = (
-            f"[{e(o.seq)},{e(o.request_id)},{e(o.request_position)},{e(o.time)},{e(o.actor)},"
-            f"{e(o.command)},{facts_json}]"
-        )
-    return hashlib.sha256((o.prev_hash + body).encode()).hexdigest()
+        return hashlib.sha256((o.prev_hash + body).encode()).hexdigest()
+    # canonical([...]) is its items' canonical encodings joined by commas
+    e = scalar_json
+    head = (
+        f"{o.prev_hash}[{e(o.seq)},{e(o.request_id)},{e(o.request_position)},{e(o.time)},{e(o.actor)},"
+        f"{e(o.command)},"
+    )
+    h = hashlib.sha256(head.encode())
+    h.update(facts_json if type(facts_json) is bytes else facts_json.encode())
+    h.update(b"]")
+    return h.hexdigest()
+
+
+def canonical_facts(facts: list[dict[str, Any]]) -> bytes | None:
+    """``engine.exchange.canonical(facts)`` by orjson, or None where orjson cannot say (an
+    integer beyond 64 bits, a key that is not a string, …). Only ever compared for equality with
+    stored bytes: where orjson's form of some value differs from the canonical one the bytes
+    differ and the slow path decides, so an answer is never wrong, at worst slower."""
+    try:
+        return _dumps(facts, option=_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
 
 
 class Audit:
@@ -177,12 +236,13 @@ class Audit:
     def run(
         self,
         requests: Iterable[RequestRecord | Unreadable],
-        outcomes: Iterable[RecordedOutcome | Unreadable],
+        outcomes: Iterable[RecordedOutcome | Undecided | Unreadable],
     ) -> Iterator[AuditViolation]:
         if "reexecute" in self.parts:
             self.reexec = Reexecution(iter(requests), self.snapshots, self.start)
-        for o in outcomes:
+        for item in outcomes:
             found: list[AuditViolation] = []
+            o = self._decide(item) if isinstance(item, Undecided) else item
             if isinstance(o, Unreadable):
                 if "chain" in self.parts:
                     found.append(
@@ -211,6 +271,15 @@ class Audit:
                 final=self.final,
             )
             yield from self._record(found)
+
+    def _decide(self, o: Undecided) -> StoredOutcome | Unreadable:
+        """The stored outcome with its facts: the re-executed ones when their canonical bytes are
+        the stored ones, else the stored event decoded in full (see ``Undecided``)."""
+        if self.reexec is not None:
+            executed = self.reexec.execute_ahead(o.request_position)
+            if executed is not None and canonical_facts(executed) == o.facts_json:
+                return o.with_facts(executed)
+        return o.decode()
 
     def _record(self, found: list[AuditViolation]) -> Iterator[AuditViolation]:
         for v in found:

@@ -22,10 +22,11 @@ is still checked over the stored bytes, never over re-encoded ones.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 from uuid import UUID
 
-from engine.audit import StoredOutcome, Unreadable, scalar_json
+from engine.audit import StoredOutcome, Undecided, Unreadable, scalar_json
 from engine.exchange import RequestRecord
 from engine.jsondecode import loads
 from engine.log import EXCHANGE_STREAM_ID
@@ -96,6 +97,51 @@ def _facts_slice(state: str, *fields: Any) -> str | None:
     if len(state) > len(prefix) + len(suffix) and state.startswith(prefix) and state.endswith(suffix):
         return state[len(prefix) : len(state) - len(suffix)]
     return None
+
+
+# The stored outcome as ``engine.log.encode_outcome`` writes it, every string in the head free of
+# the characters JSON escapes (quote, backslash, control characters): such a string's JSON is
+# the same in every encoder, the canonical one included, so the head's bytes are what the engine
+# hashed. The two hashes are 64 hex digits, so the tail has a fixed length.
+_STR = rb'"([^"\\\x00-\x1f]*)"'
+_HEAD = re.compile(
+    rb'\{"timestamp":\{"_type_":"datetime_iso","_data_":' + _STR + rb'\},"request_id":' + _STR
+    + rb',"request_position":(0|[1-9][0-9]{0,17}),"actor":(?:null|' + _STR + rb'),"command":(?:null|'
+    + _STR + rb'),"facts":\['
+).match
+_TAIL = re.compile(rb'\],"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\}').fullmatch
+_TAIL_LENGTH = len(b'],"prev_hash":"","hash":""}') + 128
+
+
+def decode_outcome_head(n: Any) -> Undecided | StoredOutcome | Unreadable:
+    """The head of a stored outcome, its facts left as the stored bytes (see
+    ``engine.audit.Undecided``); any other layout is decoded in full by ``decode_outcome``."""
+    state = n.state
+    head = _HEAD(state) if type(state) is bytes else None
+    if head is None or n.topic != "spotex:Outcome":
+        return decode_outcome(n)
+    end = len(state) - _TAIL_LENGTH + 1  # the facts' closing bracket
+    tail = _TAIL(state, end - 1)
+    stream = n.originator_id
+    if tail is None or end <= head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
+        return decode_outcome(n)
+    try:
+        time, rid, position, actor, command = head.groups()
+        return Undecided(
+            n.id,
+            n.originator_version,
+            time.decode(),
+            rid.decode(),
+            int(position),
+            None if actor is None else actor.decode(),
+            None if command is None else command.decode(),
+            tail[1].decode(),
+            tail[2].decode(),
+            state[head.end() - 1 : end],
+            partial(decode_outcome, n),
+        )
+    except UnicodeDecodeError:
+        return decode_outcome(n)
 
 
 def decode_snapshot(body: bytes) -> Any:

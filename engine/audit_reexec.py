@@ -53,6 +53,8 @@ class Reexecution:
         self.executed = self.snapshots_checked = 0
         self.skipped: dict[int, list[Fact] | None] = {}
         self.answered = 0 if start is None else start["request_position"]  # the last consumed in its turn
+        # a request executed ahead of its turn (``execute_ahead``): its position, facts, error
+        self.ahead: tuple[int, list[Fact] | None, Exception | None] | None = None
 
     def _next(self) -> None:
         self.pending = next(self.reqs, None)
@@ -115,11 +117,40 @@ class Reexecution:
 
     def execute(self, r: RequestRecord, v: Report) -> list[Fact] | None:
         self.executed += 1
-        try:
-            return self.engine.execute(r)
-        except Exception as exc:  # the engine failed where it once succeeded: report, go on
-            v("engine_error", f"re-executing request {r.request_id} raised {exc!r}")
+        ahead = self.ahead
+        if ahead is not None and ahead[0] == r.position:
+            self.ahead = None
+            facts, error = ahead[1], ahead[2]
+        else:
+            try:
+                facts, error = self.engine.execute(r), None
+            except Exception as exc:
+                facts, error = None, exc
+        if error is not None:  # the engine failed where it once succeeded: report, go on
+            v("engine_error", f"re-executing request {r.request_id} raised {error!r}")
+        return facts
+
+    def execute_ahead(self, request_position: int) -> list[Fact] | None:
+        """The facts of the request an outcome about to be audited answers, executed now when
+        it is the next request in the log (None otherwise, or if the engine raised). The request
+        stays pending: ``execute`` takes these facts (or the error) when its turn comes, which
+        is before the engine does anything else, so it sees the same sequence as without this.
+        The one exception needs an outcome whose stored facts do not decode (its head intact)
+        followed by the end of the run or by an outcome whose request is missing from the log:
+        the engine then has already executed the request of the undecodable outcome (both are
+        violations anyway)."""
+        r = self.pending
+        if type(r) is not RequestRecord or r.position != request_position:
             return None
+        ahead = self.ahead
+        if ahead is not None and ahead[0] == r.position:
+            return ahead[1]
+        try:
+            facts, error = self.engine.execute(r), None
+        except Exception as exc:
+            facts, error = None, exc
+        self.ahead = (r.position, facts, error)
+        return facts
 
     def apply_recorded(self, o: RecordedOutcome, v: Report) -> None:
         try:

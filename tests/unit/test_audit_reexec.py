@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from domain.commands import COMMANDS, request_id_for, user_id_for
-from engine.audit import Audit, AuditViolation, StoredOutcome, Unreadable
+from engine.audit import Audit, AuditViolation, StoredOutcome, Undecided, Unreadable
+from engine.audit_decode import decode_outcome, decode_outcome_head
 from engine.exchange import Exchange, RequestRecord, canonical
-from engine.log import GENESIS_HASH, RecordedOutcome, outcome_hash
+from engine.log import EXCHANGE_STREAM_ID, GENESIS_HASH, RecordedOutcome, encode_outcome, outcome_hash
 
 ALICE, BOB = user_id_for("alice"), user_id_for("bob")
 
@@ -385,7 +386,7 @@ def test_the_chain_is_checked_over_the_stored_facts_bytes_when_the_reader_gives_
     assert audit(requests, stored) == []
     i = trade_index(outcomes)
     o = stored[i]
-    assert o.facts_json is not None
+    assert isinstance(o.facts_json, str)
     stored[i] = replace(o, facts_json=o.facts_json.replace('"quantity":', '"quantity":1', 1))
     found = audit(requests, stored)
     assert (found[0].code, found[0].position) == ("hash_mismatch", o.position)
@@ -406,3 +407,102 @@ def test_a_duplicated_outcome_is_reported_once_and_not_applied_again() -> None:
     # re-execution stays in step; the ledger fold, which folds the log as it stands, does not
     assert "reexecution_mismatch" not in codes(found)
     assert {v.position for v in found if v.code not in LEDGER_CODES} == {15, 16}
+
+
+# -- outcomes read as the CLI reads them: the head decoded, the facts decided by re-execution ------
+
+
+class _Row:
+    """A stored event as the CLI's PostgreSQL reader gives it."""
+
+    def __init__(self, id: int, version: int, state: bytes, topic: str = "spotex:Outcome") -> None:
+        self.id, self.originator_version, self.topic, self.state = id, version, topic, state
+        self.originator_id = str(EXCHANGE_STREAM_ID)
+
+
+def stored_rows(requests: list[RequestRecord]) -> list[_Row]:
+    """What the sequencer stores for each request (``engine.log.encode_outcome``)."""
+    ex, rows, prev = Exchange(), [], GENESIS_HASH
+    for seq, r in enumerate(requests, 1):
+        stored, prev = encode_outcome(seq, prev, r, r.command["command"], ex.execute(r))
+        rows.append(_Row(seq, seq, stored.state))
+    return rows
+
+
+def tampered_rows(requests: list[RequestRecord], how: str) -> list[_Row]:
+    rows = stored_rows(requests)
+    i = next(i for i, r in enumerate(rows) if b'"TradeExecuted"' in r.state)
+    row = rows[i]
+    if how == "fact changed":  # still valid JSON, the head and the tail intact
+        row.state = row.state.replace(b'"quantity":', b'"quantity":1', 1)
+    elif how == "facts undecodable":
+        row.state = row.state.replace(b'"quantity":', b'"quantity":,', 1)
+    elif how == "facts not objects":
+        start = row.state.index(b'"facts":[') + len(b'"facts":')
+        end = row.state.index(b'],"prev_hash":')
+        row.state = row.state[:start] + b"[1,2" + row.state[end:]
+    elif how == "head escaped":  # the same JSON value, but not the canonical bytes
+        row.state = row.state.replace(b'"command":"PlaceOrder"', b'"command":"Place\\u004frder"', 1)
+    elif how == "outcome deleted":
+        del rows[i]
+    elif how == "outcomes swapped":
+        rows[i].state, rows[i + 1].state = rows[i + 1].state, rows[i].state
+    elif how == "request changed":
+        command = dict(requests[i].command, quantity="0.3")
+        requests[i] = replace(requests[i], command=command)
+    return rows
+
+
+HOWS = [
+    "untouched",
+    "fact changed",
+    "facts undecodable",
+    "facts not objects",
+    "head escaped",
+    "outcome deleted",
+    "outcomes swapped",
+    "request changed",
+]
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_deciding_the_facts_by_re_execution_finds_what_decoding_them_finds(how: str) -> None:
+    requests = flow()
+    rows = tampered_rows(requests, how)
+    full, heads = Audit(), Audit()
+    by_decoding = list(full.run(requests, [decode_outcome(r) for r in rows]))
+    by_deciding = list(heads.run(requests, [decode_outcome_head(r) for r in rows]))
+    assert by_deciding == by_decoding
+    assert heads.report() == full.report()
+    if how in ("untouched", "head escaped"):  # escaping a letter changes the bytes, not the value
+        assert by_deciding == []
+    else:
+        assert by_deciding
+    if how in ("fact changed", "facts undecodable", "facts not objects"):
+        i = next(i for i, r in enumerate(rows) if b'"TradeExecuted"' in r.state or b"[1,2" in r.state)
+        assert by_deciding[0].position == rows[i].id
+
+
+def test_an_honest_log_is_decided_without_decoding_a_single_fact() -> None:
+    requests = flow()
+    heads = [decode_outcome_head(r) for r in stored_rows(requests)]
+    undecided = [o for o in heads if isinstance(o, Undecided)]
+    assert len(undecided) == len(heads)
+
+    def refuse() -> Any:
+        raise AssertionError("decoded in full")
+
+    assert audit(requests, [replace(o, decode=refuse) for o in undecided]) == []
+
+
+@pytest.mark.parametrize("how", ["head escaped", "facts not objects"])
+def test_a_head_not_in_canonical_form_or_foreign_facts_are_decoded_in_full(how: str) -> None:
+    requests = flow()
+    rows = tampered_rows(requests, how)
+    heads = [decode_outcome_head(r) for r in rows]
+    undecided = [isinstance(o, Undecided) for o in heads]
+    if how == "head escaped":
+        assert undecided.count(False) == 1
+    else:  # the head is canonical; re-execution decides, and the full decoder rejects it
+        assert all(undecided)
+        assert any(v.code == "undecodable" for v in audit(requests, heads))
