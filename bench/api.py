@@ -75,6 +75,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def with_children(pid: int) -> list[int]:
+    """A process and its children (uvicorn's workers; serve's read-model process)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [pid, *(int(p) for p in children.stdout.split())]
+
+
 def postgres_backends(database: str | None) -> list[int]:
     if database is None:
         return []
@@ -211,12 +217,7 @@ class Split:
         raise RuntimeError(f"the split topology was not ready in 60 s; see {data_dir / 'split.log'}")
 
     def pids(self) -> list[int]:
-        out = []
-        for proc in self.procs:
-            out.append(proc.pid)
-            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-            out += [int(p) for p in children.stdout.split()]
-        return out
+        return [pid for proc in self.procs for pid in with_children(proc.pid)]
 
     def stop(self) -> int:
         codes = []
@@ -265,7 +266,7 @@ def main() -> int:
         url, pids, stop = split.url, split.pids, split.stop
     else:
         server = start_server(Path(tmp.name), env)
-        url, pids, stop = server.url, (lambda: [server.proc.pid]), (lambda: stop_server(server))
+        url, pids, stop = server.url, (lambda: with_children(server.proc.pid)), (lambda: stop_server(server))
     rows = []
     try:
         anon = Api(url)

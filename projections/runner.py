@@ -404,6 +404,7 @@ def run_in_process(
     batch: int = BATCH,
     max_idle: float = 0.05,
     retry_after: float = 5.0,
+    on_pass: Callable[[], None] | None = None,
 ) -> None:
     """Keep every projection caught up with the logs until ``stop`` is set (embedded default).
 
@@ -412,7 +413,8 @@ def run_in_process(
     that follow it, and releases the locks; a pass is bounded so that a rebuild's swap gets the
     lock soon. A failed projection is retried every ``retry_after`` seconds (it stays stopped at
     its event, never skips it); the others go on. ``wake`` (set it after an engine commit)
-    cuts the idle wait short.
+    cuts the idle wait short. ``on_pass`` is called after each pass that committed something
+    (``?wait=true`` answers once the read models show the outcome).
     """
     own_store = store is None
     rs = store if store is not None else open_read_store(settings)
@@ -454,6 +456,8 @@ def run_in_process(
                 stop.wait(1.0)
                 continue
             if worked:
+                if on_pass is not None:
+                    on_pass()
                 idle = 0.001
                 continue
             if wake is not None:

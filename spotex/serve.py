@@ -1,13 +1,13 @@
-"""``spotex serve`` (everything in one process) and ``spotex api`` (the api alone, production).
+"""``spotex serve`` (everything in one command) and ``spotex api`` (the api alone, production).
 
 ``serve`` is the embedded default: SQLite files under ``./spotex-data`` (``--data`` or
 ``SPOTEX_DATA_DIR``), or PostgreSQL when ``SPOTEX_DATABASE_URL`` is set (tests and benchmarks
-use that). It migrates the read tables, registers the built-in users, then runs three things:
-
-- the engine thread: ``Sequencer.run``, woken by a ``threading.Event`` that every append sets;
-- the projections thread: ``projections.runner.run_in_process``, woken after each engine batch;
-- uvicorn in the main thread, once the engine and the read models have taken in what was
-  waiting (at most ``STARTUP_CATCH_UP_SECONDS``), so the built-in users can log in at once.
+use that). It migrates the read tables, registers the built-in users, then runs two things
+beside uvicorn (``spotex.parts``): the engine (``Sequencer.run``, woken by every append), the
+read models with the webhook delivery (``projections.runner.run_in_process``, woken after each
+engine batch) — threads of this process on SQLite, child processes on PostgreSQL — and serves
+once the engine and the read models have taken in what was waiting (at most
+``STARTUP_CATCH_UP_SECONDS``), so the built-in users can log in at once.
 
 On SIGINT or SIGTERM uvicorn stops taking requests and finishes those in flight; then the
 engine drains every request already appended (an acknowledged request is in the requests log
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.log import Logs
-from engine.sequencer import Sequencer
 from spotex.config import ConfigError, Settings
+from spotex.parts import BackgroundProcess, BackgroundThreads, EngineProcess, EngineThread, Runs
 from spotex.wiring import build_logs
 
 log = logging.getLogger("spotex.serve")
@@ -77,44 +77,6 @@ def build_services(settings: Settings, logs: Logs, store: Any, environ: Mapping[
     return services
 
 
-class MeteredSequencer(Sequencer):
-    """The sequencer, reporting each committed batch (metrics, and waking the projections).
-
-    Reported when the batch's commit is known to be done, not when ``step`` returns: with
-    pipelining ``step`` returns while the commit is still in flight, and projections woken then
-    find nothing new and back off (up to their idle limit) before they look again.
-    """
-
-    def __init__(self, logs: Logs, on_batch: Callable[[int], None]) -> None:
-        super().__init__(logs)
-        self.on_batch = on_batch
-
-    def _committed(self, batch: Any, positions: Any) -> None:
-        super()._committed(batch, positions)
-        self.on_batch(len(batch.stored))
-
-
-class Worker(threading.Thread):
-    """A thread that records how it ended, for ``/readyz``."""
-
-    def __init__(self, name: str, target: Callable[[], None]) -> None:
-        super().__init__(name=name, daemon=True)
-        self._run_target = target
-        self.failure: str | None = None
-
-    def run(self) -> None:
-        try:
-            self._run_target()
-        except Exception as exc:
-            self.failure = f"{type(exc).__name__}: {exc}"
-            log.exception("%s stopped", self.name)
-
-    def state(self) -> str:
-        if self.failure is not None:
-            return f"stopped: {self.failure}"
-        return "ok" if self.is_alive() else "stopped"
-
-
 def _print_banner(host: str, port: int, settings: Settings, users: list[Any], demo: bool) -> None:
     where = "PostgreSQL" if settings.backend == "postgres" else f"SQLite in {settings.data_dir.resolve()}"
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
@@ -137,7 +99,6 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     from api.app import create_app
     from api.bootstrap import builtin_users, register_builtin_users
     from projections.migrate import migrate_read_store
-    from projections.runner import run_in_process
     from projections.store import open_read_store
 
     env = os.environ if environ is None else environ
@@ -155,30 +116,35 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     store = open_read_store(settings)
     migrate_read_store(store)
 
-    engine_wake, projections_wake = threading.Event(), threading.Event()
-    engine_stop, projections_stop, maker_stop = threading.Event(), threading.Event(), threading.Event()
+    maker_stop = threading.Event()
     metrics_box: list[Any] = []
 
     def on_batch(n: int) -> None:
-        projections_wake.set()
         if metrics_box:
             metrics_box[0].observe_batch(n)
             watcher = metrics_box[1].watcher
             if watcher is not None:
                 watcher.kick()
 
-    sequencer = MeteredSequencer(logs, on_batch)
-    log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
-    # Every append wakes the engine (services.notify), so its idle poll is only a fallback.
-    engine = Worker("spotex-engine", lambda: sequencer.run(engine_stop, engine_wake, min_idle=0.01))
-    projections = Worker("spotex-projections",
-                         lambda: run_in_process(settings, logs, projections_stop, projections_wake))
+    engine: EngineThread | EngineProcess
+    background: BackgroundThreads | BackgroundProcess
+    if settings.backend == "postgres":
+        # The engine, and the read models with the webhook delivery, in child processes: on the
+        # server database they share nothing but it, and this process's GIL is left to HTTP
+        # (under load the projections' fold took a quarter of it and the engine a seventh).
+        background = BackgroundProcess(settings, env)
+        engine = EngineProcess(settings, background.wake, on_batch)
+    else:
+        background = BackgroundThreads(settings, logs, store, env)
+        engine = EngineThread(logs, background.wake, on_batch)
+    projections = background.projections
 
     def health() -> dict[str, Any]:
         return {"engine_thread": engine.state(), "projections_thread": projections.state()}
 
-    services = build_services(settings, logs, store, env, notify=engine_wake.set, health=health)
-    services.engine_positions = lambda: (sequencer.request_position, sequencer.exchange_position)
+    # Every append wakes the engine (services.notify), so its idle poll is only a fallback.
+    services = build_services(settings, logs, store, env, notify=engine.wake.set, health=health)
+    services.engine_positions = engine.positions
     metrics_box.extend((services.metrics, services))
     app = create_app(services)
 
@@ -188,19 +154,12 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         from api import demo
 
         demo.set_up(logs, services.clock())
-        maker = demo.MarketMaker(logs, services.clock, engine_wake.set, maker_stop)
-    engine_wake.set()
+        maker = demo.MarketMaker(logs, services.clock, engine.wake.set, maker_stop)
     engine.start()
-    projections.start()
-    from projections.webhooks import DeliveryRunner, WebhookConfig
-
-    delivery_stop = threading.Event()
-    delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
-        store, WebhookConfig.from_env(env, settings.production)).run(delivery_stop))
-    delivery.start()
+    background.start(on_pass=lambda: services.watcher.kick() if services.watcher is not None else None)
     if maker is not None:
         maker.start()
-    _await_startup(sequencer, engine, projections, services, logs)
+    _await_startup(engine, projections, services, logs)
 
     # No per-message deflate on WebSockets: it doubles memory per connection and costs CPU on
     # every broadcast frame (bench/ws.py; docs/performance.md).
@@ -215,14 +174,12 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     try:
         server.run()
     finally:
-        delivery_stop.set()
-        delivery.join(timeout=30)
-        _shut_down(sequencer, engine, engine_stop, projections, projections_stop, projections_wake,
-                   maker, maker_stop, services, logs, store)
-    return 0 if engine.failure is None else 1
+        background.stop_delivery()
+        _shut_down(engine, background, maker, maker_stop, services, logs, store)
+    return 0 if engine.failed() is None else 1
 
 
-def _await_startup(sequencer: Sequencer, engine: Worker, projections: Worker, services: Any, logs: Logs,
+def _await_startup(engine: EngineThread | EngineProcess, projections: Runs, services: Any, logs: Logs,
                    limit: float = STARTUP_CATCH_UP_SECONDS) -> None:
     """Let the engine and the read models take in what is waiting before the api answers.
 
@@ -232,13 +189,13 @@ def _await_startup(sequencer: Sequencer, engine: Worker, projections: Worker, se
     """
     deadline = time.monotonic() + limit
     target = logs.last_request_position()
-    while sequencer.request_position < target and engine.is_alive() and time.monotonic() < deadline:
+    while engine.positions()[0] < target and engine.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     if not _await_projected(projections, services, logs.last_outcome_position(), deadline, 0.02):
         log.warning("still catching up after %.0fs; serving while the engine and read models follow", limit)
 
 
-def _await_projected(projections: Worker, services: Any, head: int, deadline: float, pause: float) -> bool:
+def _await_projected(projections: Runs, services: Any, head: int, deadline: float, pause: float) -> bool:
     """Wait until every read model has applied the exchange log up to ``head``; False if the
     deadline passed first (a stopped projections thread or an unreadable store ends the wait)."""
     while projections.is_alive() and time.monotonic() < deadline:
@@ -251,28 +208,23 @@ def _await_projected(projections: Worker, services: Any, head: int, deadline: fl
     return time.monotonic() < deadline
 
 
-def _shut_down(sequencer: Sequencer, engine: Worker, engine_stop: threading.Event,
-               projections: Worker, projections_stop: threading.Event,
-               projections_wake: threading.Event, maker: threading.Thread | None,
-               maker_stop: threading.Event, services: Any, logs: Logs, store: Any) -> None:
+def _shut_down(engine: EngineThread | EngineProcess, background: BackgroundThreads | BackgroundProcess,
+               maker: threading.Thread | None, maker_stop: threading.Event, services: Any, logs: Logs,
+               store: Any) -> None:
     """Stop taking work, let the engine consume everything appended, let the read models follow."""
     maker_stop.set()
     if maker is not None:
         maker.join(timeout=10)
-    engine_stop.set()
-    engine.join()
-    if engine.failure is None:
-        drained = 0
-        while n := sequencer.step():
-            drained += n
-        log.info("engine drained %s request(s); stopped at request position %s", drained,
-                 sequencer.request_position)
+    engine.stop_and_drain()
+    projections, projections_stop, projections_wake = background.projections, background.stop, background.wake
     head = logs.last_outcome_position()
     projections_wake.set()
     _await_projected(projections, services, head, time.monotonic() + DRAIN_PROJECTIONS_SECONDS, 0.05)
     projections_stop.set()
     projections_wake.set()
     projections.join(timeout=30)
+    if projections.is_alive():
+        log.warning("the read models did not stop within 30 s")
     close = getattr(store, "close", None)
     if close is not None:
         close()

@@ -1,0 +1,358 @@
+"""How ``spotex serve`` runs the engine, the read models and the webhook delivery beside the api.
+
+On the embedded default (SQLite) they are threads of the one process: SQLite has one writer at a
+time, and the files need no server. On PostgreSQL they are child processes (``spawn``): the
+engine in one, the read models with the webhook delivery in another. They share nothing but the
+database and a few small channels, and the api process's GIL is left to HTTP — under load the
+projections' fold took a quarter of it and the engine a seventh (py-spy, docs/performance.md).
+
+The channels, all one way:
+
+- ``engine.wake``: set by every append (the engine's idle poll is only a fallback);
+- ``background.wake``: set by the engine after each committed batch;
+- the engine's positions (request and exchange log), in shared memory, for ``?wait=true``,
+  ``/readyz`` and the startup wait;
+- two pipes to this process: "a batch of n committed" from the engine (metrics, waiters) and
+  "a pass committed" from the read models (waiters).
+
+A child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the parent stops
+it in order — the engine drains every acknowledged request, then the read models catch up — and
+a child whose parent is gone (SIGKILL) stops by itself within a second. What the children
+commit is exactly what the threads would: the engine is still the single writer of the exchange
+log, and each read model writes its rows and its position in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from engine.log import Logs
+from engine.sequencer import Sequencer
+from spotex.config import Settings
+from spotex.wiring import build_logs
+
+log = logging.getLogger("spotex.serve")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class MeteredSequencer(Sequencer):
+    """The sequencer, reporting each committed batch (metrics, and waking the projections).
+
+    Reported when the batch's commit is known to be done, not when ``step`` returns: with
+    pipelining ``step`` returns while the commit is still in flight, and projections woken then
+    find nothing new and back off (up to their idle limit) before they look again.
+    """
+
+    def __init__(self, logs: Logs, on_batch: Callable[[int], None]) -> None:
+        super().__init__(logs)
+        self.on_batch = on_batch
+
+    def _committed(self, batch: Any, positions: Any) -> None:
+        super()._committed(batch, positions)
+        self.on_batch(len(batch.stored))
+
+
+class Worker(threading.Thread):
+    """A thread that records how it ended, for ``/readyz``."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._run_target = target
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        try:
+            self._run_target()
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("%s stopped", self.name)
+
+    def state(self) -> str:
+        if self.failure is not None:
+            return f"stopped: {self.failure}"
+        return "ok" if self.is_alive() else "stopped"
+
+
+class Runs(Protocol):
+    """A thread or a child process doing background work, as health and shutdown see it."""
+
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+    def state(self) -> str: ...
+
+
+class Flag(Protocol):
+    """``threading.Event`` or ``multiprocessing.Event``."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class BackgroundThreads:
+    """The read models and the webhook delivery as threads of this process (SQLite)."""
+
+    def __init__(self, settings: Settings, logs: Logs, store: Any, env: Mapping[str, str]) -> None:
+        from projections.runner import run_in_process
+        from projections.webhooks import DeliveryRunner, WebhookConfig
+
+        self.wake, self.stop = threading.Event(), threading.Event()
+        self._on_pass: Callable[[], None] | None = None
+        self.projections = Worker("spotex-projections", lambda: run_in_process(
+            settings, logs, self.stop, self.wake, on_pass=self._on_pass))
+        self._delivery_stop = threading.Event()
+        self._delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
+            store, WebhookConfig.from_env(env, settings.production)).run(self._delivery_stop))
+
+    def start(self, on_pass: Callable[[], None]) -> None:
+        self._on_pass = on_pass
+        self.projections.start()
+        self._delivery.start()
+
+    def stop_delivery(self) -> None:
+        self._delivery_stop.set()
+        self._delivery.join(timeout=30)
+
+
+class ChildState:
+    """A child process as ``/readyz`` and the shutdown see a ``Worker``."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    def is_alive(self) -> bool:
+        return bool(self.process.is_alive())
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+
+    def state(self) -> str:
+        if self.process.is_alive():
+            return "ok"
+        code = self.process.exitcode
+        return "stopped" if code in (0, None) else f"stopped: exit code {code}"
+
+
+class BackgroundProcess:
+    """The read models and the webhook delivery in a child process (PostgreSQL).
+
+    The child shares nothing with this process but the database and three small channels: a
+    ``wake`` event the engine sets after each committed batch, a ``stop`` event, and a pipe on
+    which the child says "a pass committed" after each one, which wakes ``?wait=true`` waiters.
+    It ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops when this
+    process has drained the engine and sets ``stop``, or when this process is gone.
+    """
+
+    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.wake, self.stop = ctx.Event(), ctx.Event()
+        self._passes, passes = ctx.Pipe(duplex=False)
+        self._child_end = passes
+        self._process = ctx.Process(target=_background_main, name="spotex-projections",
+                                    args=(settings, dict(env), self.stop, self.wake, passes), daemon=True)
+        self.projections = ChildState(self._process)
+
+    def start(self, on_pass: Callable[[], None]) -> None:
+        self._process.start()
+        self._child_end.close()  # only the child writes: EOF here once it is gone
+        threading.Thread(target=self._relay, args=(on_pass,), name="spotex-projection-passes",
+                         daemon=True).start()
+
+    def _relay(self, on_pass: Callable[[], None]) -> None:
+        while True:
+            try:
+                self._passes.recv_bytes()
+            except (EOFError, OSError):
+                return
+            on_pass()
+
+    def stop_delivery(self) -> None:
+        """Delivery stops with the child, after the read models' last pass."""
+
+
+def _background_main(settings: Settings, env: dict[str, str], stop: Any, wake: Any, passes: Any) -> None:
+    """The child of ``serve`` on PostgreSQL: every read model and the webhook delivery."""
+    from projections.runner import run_in_process
+    from projections.store import open_read_store
+    from projections.webhooks import DeliveryRunner, WebhookConfig
+
+    _child_setup("spotex-models", stop, (wake,))
+
+    def on_pass() -> None:
+        with contextlib.suppress(OSError):
+            passes.send_bytes(b"")
+
+    logs = build_logs(settings, create_tables=False)
+    store = open_read_store(settings)
+    delivery_stop = threading.Event()
+    delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
+        store, WebhookConfig.from_env(env, settings.production)).run(delivery_stop))
+    delivery.start()
+    try:
+        run_in_process(settings, logs, stop, wake, on_pass=on_pass)
+    finally:
+        delivery_stop.set()
+        delivery.join(timeout=30)
+        store.close()
+
+
+class EngineThread:
+    """The sequencer in a thread of this process (SQLite)."""
+
+    def __init__(self, logs: Logs, projections_wake: Flag, on_batch: Callable[[int], None]) -> None:
+        def committed(n: int) -> None:
+            projections_wake.set()
+            on_batch(n)
+
+        self.wake, self._stop = threading.Event(), threading.Event()
+        self.sequencer = MeteredSequencer(logs, committed)
+        log.info("engine recovered at seq %s, request position %s", self.sequencer.seq,
+                 self.sequencer.request_position)
+        self._worker = Worker("spotex-engine",
+                              lambda: self.sequencer.run(self._stop, self.wake, min_idle=0.01))
+
+    def start(self) -> None:
+        self.wake.set()
+        self._worker.start()
+
+    def positions(self) -> tuple[int, int]:
+        return self.sequencer.request_position, self.sequencer.exchange_position
+
+    def is_alive(self) -> bool:
+        return self._worker.is_alive()
+
+    def state(self) -> str:
+        return self._worker.state()
+
+    def failed(self) -> str | None:
+        return self._worker.failure
+
+    def stop_and_drain(self) -> None:
+        """Stop the loop, then decide every request already appended."""
+        self._stop.set()
+        self._worker.join()
+        if self._worker.failure is None:
+            drained = 0
+            while n := self.sequencer.step():
+                drained += n
+            log.info("engine drained %s request(s); stopped at request position %s", drained,
+                     self.sequencer.request_position)
+
+
+class EngineProcess:
+    """The sequencer in a child process (PostgreSQL)."""
+
+    def __init__(self, settings: Settings, projections_wake: Any, on_batch: Callable[[int], None]) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.wake, self._stop = ctx.Event(), ctx.Event()
+        self._ready = ctx.Event()
+        # request position, exchange position; written by the child only (8-byte aligned
+        # words: a reader sees each one whole)
+        self._positions = ctx.RawArray("q", 2)
+        self._batches, batches = ctx.Pipe(duplex=False)
+        self._child_end = batches
+        self._on_batch = on_batch
+        self._process = ctx.Process(
+            target=_engine_main, name="spotex-engine",
+            args=(settings, self.wake, self._stop, self._ready, projections_wake, self._positions, batches),
+            daemon=True)
+        self._state = ChildState(self._process)
+
+    def start(self) -> None:
+        self._process.start()
+        self._child_end.close()
+        threading.Thread(target=self._relay, name="spotex-engine-batches", daemon=True).start()
+        while not self._ready.wait(0.1):  # recovery: snapshot and replay
+            if not self._process.is_alive():
+                return
+        self.wake.set()
+
+    def _relay(self) -> None:
+        while True:
+            try:
+                n = int.from_bytes(self._batches.recv_bytes(), "little")
+            except (EOFError, OSError):
+                return
+            self._on_batch(n)
+
+    def positions(self) -> tuple[int, int]:
+        return self._positions[0], self._positions[1]
+
+    def is_alive(self) -> bool:
+        return self._state.is_alive()
+
+    def state(self) -> str:
+        return self._state.state()
+
+    def failed(self) -> str | None:
+        return None if self._process.exitcode in (0, None) else self.state()
+
+    def stop_and_drain(self) -> None:
+        """The child stops its loop, decides every request already appended and exits."""
+        self._stop.set()
+        self.wake.set()
+        self._process.join()
+
+
+def _name_process(name: str) -> None:
+    """Show the child as ``name`` in ps, top and /proc/PID/comm (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+
+
+def _child_setup(name: str, stop: Any, wakes: tuple[Any, ...]) -> None:
+    """A child of serve: the parent stops it in order; if the parent is gone, stop."""
+    _name_process(name)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                log.warning("serve is gone; stopping")
+                stop.set()
+                for wake in wakes:
+                    wake.set()
+
+    threading.Thread(target=watch_parent, name="spotex-parent-watch", daemon=True).start()
+
+
+def _engine_main(settings: Settings, wake: Any, stop: Any, ready: Any, projections_wake: Any,
+                 positions: Any, batches: Any) -> None:
+    """The engine child of ``serve`` on PostgreSQL."""
+    _child_setup("spotex-engine", stop, (wake,))
+
+    def committed(n: int) -> None:
+        positions[0], positions[1] = sequencer.request_position, sequencer.exchange_position
+        projections_wake.set()
+        with contextlib.suppress(OSError):
+            batches.send_bytes(n.to_bytes(4, "little"))
+
+    sequencer = MeteredSequencer(build_logs(settings, create_tables=False), committed)
+    positions[0], positions[1] = sequencer.request_position, sequencer.exchange_position
+    log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
+    ready.set()
+    try:
+        sequencer.run(stop, wake, min_idle=0.01)
+        drained = 0
+        while n := sequencer.step():
+            drained += n
+        log.info("engine drained %s request(s); stopped at request position %s", drained,
+                 sequencer.request_position)
+    finally:
+        sequencer.close()

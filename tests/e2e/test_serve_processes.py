@@ -1,0 +1,131 @@
+"""``spotex serve`` on PostgreSQL: the engine and the read models run in child processes.
+
+Given a served exchange on the real PostgreSQL, when traders place orders and serve is stopped
+with SIGINT, then every acknowledged request was decided and every read model shows it; when a
+child dies, ``/readyz`` says which; when serve itself is SIGKILLed, its children do not linger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from api.reads import ProjectionReads
+from projections.store import open_read_store
+from spotex.config import Settings
+from spotex.wiring import build_logs
+from tests.e2e.conftest import Api, ok, start_server, stop_server
+
+pytestmark = pytest.mark.postgres
+
+
+def children(pid: int, seconds: float = 20) -> dict[str, int]:
+    """serve's children by name (``/proc/PID/comm``, which each names itself once started)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        named = {}
+        for child in map(int, out):
+            try:
+                named[Path(f"/proc/{child}/comm").read_text().strip()] = child
+            except FileNotFoundError:
+                continue
+        if {"spotex-engine", "spotex-models"} <= named.keys() or time.monotonic() > deadline:
+            return named
+        time.sleep(0.05)
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited; its parent (gone) cannot reap it yet
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def place(api: Api, n: int, prefix: str) -> list[int]:
+    positions = []
+    for i in range(n):
+        r = api.post("/v1/orders", {"market": "BTC-USDT", "side": "buy", "type": "limit",
+                                    "price": "1", "quantity": "1", "client_order_id": f"{prefix}{i}"})
+        positions.append(ok(r, 202)["position"])
+    return positions
+
+
+def listed(admin: Api) -> None:
+    for symbol in ("BTC", "USDT"):
+        ok(admin.post("/v1/assets?wait=true", {"symbol": symbol, "precision": 8}))
+    ok(admin.post("/v1/markets?wait=true", {"symbol": "BTC-USDT", "base": "BTC", "quote": "USDT",
+                                            "tick_size": "0.01", "lot_size": "0.0001"}))
+    ok(admin.post("/v1/deposits?wait=true", {"username": "alice", "asset": "USDT", "amount": "1000",
+                                             "reference": "processes"}))
+
+
+def test_children_do_the_work_and_sigint_drains_every_acknowledged_request(
+        tmp_path: Path, postgres_url: str) -> None:
+    server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
+    try:
+        named = children(server.proc.pid)
+        assert {"spotex-engine", "spotex-models"} <= named.keys(), named
+        anon = Api(server.url)
+        listed(anon.login("admin", "admin"))
+        alice = anon.login("alice", "alice")
+        # wait=true answers once the engine committed and every read model shows the outcome:
+        # both come from the children now
+        order = ok(alice.post("/v1/orders?wait=true", {"market": "BTC-USDT", "side": "buy", "type": "limit",
+                                                        "price": "1", "quantity": "1"}))
+        assert order["status"] == "open", order
+        assert ok(alice.get(f"/v1/orders/{order['order_id']}"))["status"] == "open"
+        acknowledged = place(alice, 200, "drain")
+        metrics = anon.get("/metrics").text
+        assert "spotex_engine_batch_size_count" in metrics
+        batches = [line for line in metrics.splitlines() if line.startswith("spotex_engine_batch_size_count")]
+        assert float(batches[0].split()[-1]) > 0  # relayed from the engine's process
+    finally:
+        code = stop_server(server, signal.SIGINT)
+    assert code == 0, server.output()
+    assert "spotex stopped" in server.output()
+    assert gone_within(named["spotex-engine"], 5) and gone_within(named["spotex-models"], 5)
+    settings = Settings(database_url=postgres_url)
+    logs = build_logs(settings, create_tables=False)
+    assert logs.last_request_position() == max(acknowledged)
+    assert logs.engine_position() == logs.last_request_position()  # the engine drained everything
+    store = open_read_store(settings)
+    try:  # and the read models followed it to the end before serve exited
+        assert ProjectionReads(store, logs).projected_position() == logs.last_outcome_position()
+    finally:
+        store.close()
+
+
+def test_a_dead_child_shows_in_readyz_and_children_stop_when_serve_is_killed(
+        tmp_path: Path, postgres_url: str) -> None:
+    server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
+    try:
+        named = children(server.proc.pid)
+        assert "spotex-models" in named, named
+        os.kill(named["spotex-models"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = Api(server.url).get("/readyz")
+            if r.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["process"]["projections_thread"] == "stopped: exit code -9", body
+        assert body["process"]["engine_thread"] == "ok"
+        server.proc.kill()  # SIGKILL: no orderly stop; the engine's child must notice and stop
+        server.proc.wait()
+        assert gone_within(named["spotex-engine"], 10), "the engine process outlived serve"
+    finally:
+        stop_server(server)
