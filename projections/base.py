@@ -343,6 +343,13 @@ class Projection:
         self.catalog = Catalog()
         self.state_changed = False
 
+    @classmethod
+    def keyed_tables(cls) -> frozenset[str]:
+        """The tables its fold reads back, rewrites or deletes from by key (``Keyed``); the
+        others it only appends to (``Appends``)."""
+        instance = cls({})
+        return frozenset(v.table for v in vars(instance).values() if isinstance(v, Keyed))
+
     # -- private state --------------------------------------------------------------------
 
     def load_state(self, state: Mapping[str, Any]) -> None:

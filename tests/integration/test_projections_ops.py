@@ -10,6 +10,7 @@ them in without readers ever seeing a half-built model.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from projections.runner import (
     run_in_process,
 )
 from projections.store import ReadStore
+from projections.trades import Trades
 from projections.users import Users
 from spotex import cli
 from spotex.config import Settings
@@ -370,6 +372,66 @@ def test_a_failing_event_stops_a_parallel_rebuild_and_leaves_the_live_tables(
     with store.read() as tx:  # the copies and their tracking rows are gone
         assert not [t for t in rebuild_module.table_names(tx) if "__r" in t]
         assert tx.fetchone("SELECT count(*) FROM projection_tracking WHERE name LIKE ?", ("%@%",))[0] == 0
+
+
+def index_definitions(store: ReadStore) -> list[str]:
+    """Every read table's indexes and key constraints (SQLite: its explicit indexes)."""
+    tables = [t for cls in PROJECTIONS.values() for t in cls.tables]
+    with store.read() as tx:
+        if tx.dialect == "postgres":
+            rows = tx.fetchall(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid), "
+                "coalesce((SELECT contype FROM pg_constraint WHERE conindid = i.indexrelid), '-') "
+                "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                "WHERE c.relname = ANY(?)", (tables,))
+        else:
+            rows = [(t, sql or name, "") for t in tables for name, sql in tx.fetchall(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (t,))]
+    # names aside: a copy's indexes are named after it (LIKE … INCLUDING ALL), not the migration
+    return sorted(re.sub(r"INDEX \S+ ON (public\.)?\S+", "INDEX ON", f"{t}: {d} {k}").replace('"', "")
+                  for t, d, k in rows if not d.startswith("sqlite_autoindex"))
+
+
+def test_a_rebuild_gives_the_tables_back_their_indexes_and_keys(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow],
+) -> None:
+    """On PostgreSQL the copies are loaded without the indexes the replay does not use and get
+    them afterwards: the swapped-in tables have every index, unique and primary key again."""
+    _settings, logs, store, _flow = flowed
+    project(store, logs)
+    before = index_definitions(store)
+    assert any(d.startswith("ledger: ") for d in before)
+    rebuild(store, logs, list(PROJECTIONS.values()))
+    assert index_definitions(store) == before
+
+
+def test_a_duplicate_key_stops_a_rebuild_at_the_event_that_wrote_it(
+    flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row that repeats a unique key is refused as live catch-up refuses it, at its event —
+    also when the copy's keys are only built after the replay (PostgreSQL) — and nothing is
+    swapped in."""
+    _settings, logs, store, _flow = flowed
+    project(store, logs)
+    before, tracked = dump(store), positions(store)
+    trading = [o for o in logs.iter_outcomes() if any(f["type"] == "TradeExecuted" for f in o.facts)]
+    bad = trading[len(trading) // 2]
+    real_apply = Trades.apply
+
+    def twice(self: Trades, o: Any) -> None:
+        real_apply(self, o)
+        if o.position == bad.position:
+            real_apply(self, o)
+
+    monkeypatch.setattr(Trades, "apply", twice)
+    with pytest.raises(ProjectionFailed) as failed:
+        rebuild(store, logs, list(PROJECTIONS.values()))
+    assert failed.value.position == bad.position
+    assert "trade" in failed.value.message.lower()
+    assert dump(store) == before
+    assert positions(store) == tracked
+    with store.read() as tx:
+        assert not [t for t in rebuild_module.table_names(tx) if "__r" in t]
 
 
 def test_the_collector_pause_of_replays_nests_and_restores() -> None:
