@@ -94,7 +94,7 @@ class StoredOutcome(RecordedOutcome):
     facts_json: str | bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
 class Undecided:
     """A stored outcome whose head is decoded and whose facts are not, yet: the reader
     (``engine.audit_decode.decode_outcome_head``) gives one when the stored state is laid out
