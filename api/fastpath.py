@@ -21,12 +21,12 @@ the request was appended. The OpenAPI document is the routes' own.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import bus, edge
@@ -35,6 +35,7 @@ from api.schemas import OrderCreate
 from api.security import Principal, bearer_principal
 from api.services import Services
 from domain.commands import CancelOrder, PlaceOrder
+from engine import jsondecode
 
 ORDERS = "/v1/orders"
 ONE_ORDER = re.compile(r"/v1/orders/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
@@ -87,12 +88,12 @@ class OrderFastPath:
             answer = error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
             await answer(scope, replay, send)
             return
-        await JSONResponse(sub.receipt(order_id=sub.request_id, status="received"), 202)(scope, replay, send)
+        await _accepted(send, sub.receipt(order_id=sub.request_id, status="received"))
 
     async def _placement(self, body: bytes, user: Principal) -> PlaceOrder | None:
         """The command the route would append, or None when the route must answer instead."""
         try:
-            order = OrderCreate.model_validate(json.loads(body))
+            order = OrderCreate.model_validate(jsondecode.loads(body))
             command = PlaceOrder(**order.model_dump())
         except (ValueError, ValidationError):  # (json's errors are ValueErrors)
             return None
@@ -123,7 +124,17 @@ class OrderFastPath:
         scope["route"] = CANCEL_ROUTE
         self.services.metrics.fast_path.labels(CANCEL_ROUTE.path).inc()
         sub = await bus.submit(self.services, CancelOrder(order_id=oid), user.user_id)
-        await JSONResponse(sub.receipt(order_id=order_id, status="received"), 202)(scope, replay, send)
+        await _accepted(send, sub.receipt(order_id=order_id, status="received"))
+
+
+async def _accepted(send: Send, receipt: dict[str, Any]) -> None:
+    """The routes' 202 (``bus.accepted``: a ``JSONResponse``), the same bytes and headers,
+    without building a response object: orjson writes the compact JSON that ``JSONResponse``
+    writes for these ids and positions."""
+    body = orjson.dumps(receipt)
+    await send({"type": "http.response.start", "status": 202, "headers": [
+        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _is_json(scope: Scope) -> bool:

@@ -41,6 +41,7 @@ class _LagCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter(
             "spotex_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
         )
@@ -77,8 +78,15 @@ class Metrics:
             self.registry.register(self._lags)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        # The labelled children, found once per (method, route, status): ``labels`` takes a
+        # lock and builds a key on every call. Route templates and statuses are few.
+        key = (method, route, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                          self.latency.labels(method, route))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def observe_batch(self, size: int) -> None:
         self.batches.observe(size)

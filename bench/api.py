@@ -121,8 +121,8 @@ def wrk(url: str, connections: int, threads: int, seconds: float, script: Path |
     return row
 
 
-def report(name: str, row: dict[str, Any], server_cpu: float | None = None, pg_cpu: float | None = None
-           ) -> dict[str, Any]:
+def report(name: str, row: dict[str, Any], server_cpu: float | None = None, pg_cpu: float | None = None,
+           first_cpu: float | None = None) -> dict[str, Any]:
     n = row["requests"]
     row["rps"] = n / row["seconds"]
     errors = int(row.get("errors", 0) + row.get("failed", 0))
@@ -131,6 +131,9 @@ def report(name: str, row: dict[str, Any], server_cpu: float | None = None, pg_c
     if server_cpu is not None and n:
         row["server_cpu_ms"] = server_cpu * 1000 / n
         cpu = f"   server CPU {row['server_cpu_ms']:.3f} ms/req"
+        if first_cpu is not None:
+            row["first_cpu_ms"] = first_cpu * 1000 / n
+            cpu += f" (the api process {row['first_cpu_ms']:.3f})"
         if pg_cpu is not None:
             row["pg_cpu_ms"] = pg_cpu * 1000 / n
             cpu += f", PostgreSQL {row['pg_cpu_ms']:.3f} ms/req"
@@ -287,11 +290,13 @@ def main() -> int:
         for wait in (False, True):
             procs, backends = pids(), postgres_backends(database)
             before, pg_before = cpu_seconds(procs), cpu_seconds(backends)
+            first_before = cpu_seconds(procs[:1])
             row = wrk(url, args.connections, args.threads, args.seconds, LUA,
                       ["?wait=true" if wait else "-", *tokens])
             rows.append(report(f"place+cancel {'wait=true' if wait else 'no wait (202)'}", row,
                                cpu_seconds(procs) - before,
-                               cpu_seconds(backends) - pg_before if backends else None))
+                               cpu_seconds(backends) - pg_before if backends else None,
+                               cpu_seconds(procs[:1]) - first_before))
             # let the engine and the read models finish what the phase appended
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:

@@ -48,14 +48,17 @@ def buy(**extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def run_script(fast: bool) -> tuple[list[tuple[int, Any]], list[tuple[str | None, dict[str, Any]]], str]:
+Answer = tuple[int, Any, str | None, str | None]  # status, body, content-type, content-length
+
+
+def run_script(fast: bool) -> tuple[list[Answer], list[tuple[str | None, dict[str, Any]]], str]:
     settings = Settings(database_url="memory://")
     logs = build_logs(settings)
     services = Services(settings=settings, logs=logs, reads=Reads(), fast_path=fast)  # type: ignore[arg-type]
     now = datetime.now(UTC)
     auth = {p.username: {"Authorization": "Bearer " + issue_token(settings.jwt_secret, p, now)}
             for p in (ALICE, BOB, ADMIN)}
-    answers: list[tuple[int, Any]] = []
+    answers: list[Answer] = []
     ids: dict[str, str] = {}
 
     def name(text: str) -> str:  # uuid4 order ids differ between runs: number them
@@ -67,7 +70,8 @@ def run_script(fast: bool) -> tuple[list[tuple[int, Any]], list[tuple[str | None
             h = dict(auth[who]) if who else {}
             h.update(headers or {})
             r = client.request(method, path, headers=h, json=body, content=raw)
-            answers.append((r.status_code, name(r.text)))
+            answers.append((r.status_code, name(r.text), r.headers.get("content-type"),
+                            r.headers.get("content-length")))
             return r.json()
 
         first = send("POST", "/v1/orders", "alice", buy())                       # route: learns the market
@@ -108,7 +112,7 @@ def test_the_hot_path_answers_and_appends_exactly_as_the_routes_do() -> None:
     for i, (f, s) in enumerate(zip(fast_answers, slow_answers, strict=True)):
         assert f == s, f"request {i}: hot path {f} != route {s}"
     assert fast_log == slow_log
-    statuses = [status for status, _ in fast_answers]
+    statuses = [status for status, *_ in fast_answers]
     assert statuses == [202, 202, 202, 202, 404, 422, 422, 422, 422, 422, 202, 400, 422, 403, 401, 401,
                         202, 202, 409, 202, 422, 202, 404]
     # the script appended: 2 placements, 2 cancels, DOGE, the keyed one, 2 market buys
@@ -124,3 +128,26 @@ def test_the_hot_path_answers_and_appends_exactly_as_the_routes_do() -> None:
         m = re.search(r'spotex_http_requests_total\{method="POST",route="/v1/orders",status="202"\} ([\d.]+)',
                       text)
         assert m is not None and float(m.group(1)) == 7
+
+
+def test_a_failing_append_answers_the_500_of_the_error_shape_on_both_paths() -> None:
+    """Given the requests log fails, when an order is placed (by the hot path, which sits in
+    front of FastAPI's error middleware, and by the route), then both answer the same JSON 500
+    and /metrics counts it."""
+    for fast in (True, False):
+        settings = Settings(database_url="memory://")
+        logs = build_logs(settings)
+        services = Services(settings=settings, logs=logs, reads=Reads(), fast_path=fast)  # type: ignore[arg-type]
+        token = {"Authorization": "Bearer " + issue_token(settings.jwt_secret, ALICE, datetime.now(UTC))}
+        with TestClient(create_app(services)) as client:
+            assert client.post("/v1/orders", headers=token, json=buy()).status_code == 202  # learns the market
+
+            def broken(items: Any) -> Any:
+                raise RuntimeError("the store is down")
+
+            logs.append_requests = broken  # type: ignore[method-assign]
+            r = client.post("/v1/orders", headers=token, json=buy(price="101.00"))
+            assert r.status_code == 500, (fast, r.text)
+            assert r.json()["error"]["code"] == "internal_error"
+            text = client.get("/metrics").text
+            assert 'spotex_http_requests_total{method="POST",route="/v1/orders",status="500"} 1.0' in text
