@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from domain.markets import Asset, Market
@@ -91,6 +92,46 @@ def units_str(units: int, precision: int) -> str:
     return f"{digits[:-precision]}.{digits[-precision:]}"
 
 
+class Formats:
+    """One market's decimal strings (``Market.format_price`` / ``format_quantity`` and its quote
+    asset's ``units_str``), remembered: a log repeats a few thousand prices and quantities, and
+    a string is then found instead of computed with ``Decimal``. A miss asks the market, so the
+    strings are the market's own."""
+
+    __slots__ = ("_prices", "_quantities", "_quotes", "limit", "market")
+
+    def __init__(self, market: Market, limit: int = 50_000) -> None:
+        self.market = market
+        self.limit = limit  # entries per kind; past it the memo starts again
+        self._prices: dict[int, str] = {}
+        self._quantities: dict[int, str] = {}
+        self._quotes: dict[int, str] = {}
+
+    def price(self, ticks: int) -> str:
+        s = self._prices.get(ticks)
+        if s is None:
+            if len(self._prices) >= self.limit:
+                self._prices.clear()
+            s = self._prices[ticks] = self.market.format_price(ticks)
+        return s
+
+    def quantity(self, lots: int) -> str:
+        s = self._quantities.get(lots)
+        if s is None:
+            if len(self._quantities) >= self.limit:
+                self._quantities.clear()
+            s = self._quantities[lots] = self.market.format_quantity(lots)
+        return s
+
+    def quote(self, units: int) -> str:
+        s = self._quotes.get(units)
+        if s is None:
+            if len(self._quotes) >= self.limit:
+                self._quotes.clear()
+            s = self._quotes[units] = units_str(units, self.market.quote_precision)
+        return s
+
+
 class Catalog:
     """The listings a projection renders with: asset precisions and markets' ticks and lots.
 
@@ -103,6 +144,7 @@ class Catalog:
         self.assets: dict[str, int] = {}
         self.listings: dict[str, dict[str, Any]] = {}
         self.markets: dict[str, Market] = {}
+        self.formats: dict[str, Formats] = {}
 
     def load(self, data: Mapping[str, Any] | None) -> None:
         if not data:
@@ -120,7 +162,7 @@ class Catalog:
             "taker_fee",
         )}
         self.listings[keep["symbol"]] = keep
-        self.markets[keep["symbol"]] = Market.create(
+        market = self.markets[keep["symbol"]] = Market.create(
             keep["symbol"],
             Asset(keep["base"], self.assets[keep["base"]]),
             Asset(keep["quote"], self.assets[keep["quote"]]),
@@ -130,6 +172,7 @@ class Catalog:
             keep["maker_fee"],
             keep["taker_fee"],
         )
+        self.formats[keep["symbol"]] = Formats(market)
 
     def apply(self, fact: Mapping[str, Any]) -> bool:
         """Take a listing fact into account; True when the catalog changed."""
@@ -268,12 +311,14 @@ class Keyed:
         return (r for r in self.cache.values() if r is not None)
 
     def flush(self, tx: Tx) -> None:
-        upserts = []
-        inserts = []
+        upserts: list[Sequence[Any]] = []
+        inserts: list[Sequence[Any]] = []
         deletes = []
         render = self.render
         columns = self.columns
-        big_at = [i for i, c in enumerate(columns) if c in self.big]
+        values_of = itemgetter(*columns)
+        # PostgreSQL's COPY takes an int of any size as it is (NUMERIC); SQLite binds text
+        big_at = [i for i, c in enumerate(columns) if c in self.big] if tx.dialect == "sqlite" else []
         stored = self.stored
         for key, row in self.dirty.items():
             if row is None:
@@ -285,10 +330,12 @@ class Keyed:
                 continue
             if render is not None:
                 render(row)
-            values = [row[c] for c in columns]
-            for i in big_at:
-                if values[i] is not None:
-                    values[i] = str(values[i])
+            values = values_of(row)
+            if big_at:
+                values = list(values)
+                for i in big_at:
+                    if values[i] is not None:
+                        values[i] = str(values[i])
             if stored is None or key in stored:
                 upserts.append(values)
             else:

@@ -140,15 +140,15 @@ class Book(Projection):
                 raise LookupError(f"book change in unlisted market {market!r}")
             sequence = state["sequence"] + 1
             self.state.put({"market": market, "sequence": sequence, "position": o.position})
-            m = self.catalog.markets[market]
+            m = self.catalog.formats[market]
             for side, price, qty in sorted(changed[market]):
                 self.changes.add(market, sequence, side, bigs(price), bigs(qty),
-                                 m.format_price(price), m.format_quantity(qty), o.position)
+                                 m.price(price), m.quantity(qty), o.position)
 
     def _render_level(self, row: Row) -> None:
-        m = self.catalog.markets[row["market"]]
-        row["price_str"] = m.format_price(row["price"])
-        row["quantity_str"] = m.format_quantity(row["quantity"])
+        m = self.catalog.formats[row["market"]]
+        row["price_str"] = m.price(row["price"])
+        row["quantity_str"] = m.quantity(row["quantity"])
 
     def flush(self, tx: Tx) -> None:
         self.levels.flush(tx)

@@ -74,11 +74,11 @@ class Candles(Projection):
                 self.rows.put(row, key)
 
     def render(self, row: Row) -> None:
-        m = self.catalog.markets[row["market"]]
+        m = self.catalog.formats[row["market"]]
         for c in ("open", "high", "low", "close"):
-            row[f"{c}_str"] = m.format_price(row[c])
-        row["volume_str"] = m.format_quantity(row["volume"])
-        row["quote_volume_str"] = format_units(row["quote_volume"], m.quote_precision)
+            row[f"{c}_str"] = m.price(row[c])
+        row["volume_str"] = m.market.format_quantity(row["volume"])
+        row["quote_volume_str"] = format_units(row["quote_volume"], m.market.quote_precision)
 
     def flush(self, tx: Tx) -> None:
         self.rows.flush(tx)

@@ -35,11 +35,11 @@ class Fills(Projection):
             if f["type"] != "TradeExecuted":
                 self.listing(f)
                 continue
-            market = self.catalog.markets[f["market"]]
+            formats = self.catalog.formats[f["market"]]
             price, lots, quote = f["price"], f["quantity"], f["quote_amount"]
-            price_s = market.format_price(price)
-            lots_s = market.format_quantity(lots)
-            quote_s = self.catalog.units(market.quote, quote)
+            price_s = formats.price(price)
+            lots_s = formats.quantity(lots)
+            quote_s = formats.quote(quote)
             taker_side = f["taker_side"]
             maker_side = "sell" if taker_side == "buy" else "buy"
             for role, side in (("maker", maker_side), ("taker", taker_side)):

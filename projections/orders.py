@@ -18,7 +18,7 @@ from typing import Any
 
 from domain.amounts import format_units
 from engine.log import RecordedOutcome
-from projections.base import Keyed, Projection, RequestLookup, Row, words
+from projections.base import Keyed, Projection, RequestLookup, Row, units_str, words
 from projections.store import Tx
 
 COLUMNS = (
@@ -45,6 +45,29 @@ def average_price(filled_quote: int, filled_lots: int, lot_size: str, quote_prec
         base = Decimal(filled_lots) * Decimal(lot_size)
         value = (quote / base).quantize(Decimal(1).scaleb(-quote_precision), ROUND_HALF_EVEN)
     return format_units(int(value.scaleb(quote_precision)), quote_precision)
+
+
+_LOTS: dict[str, tuple[int, int]] = {}
+
+
+def average_units(filled_quote: int, filled_lots: int, lot_size: str) -> int:
+    """``average_price`` in quote units, by integer division: filled quote units × 10^d ÷
+    (filled lots × the lot's digits, ``lot_size`` = digits × 10^-d), rounded half-even.
+
+    Exact at any size; ``average_price`` (``Decimal``) gives the same string while the result
+    has at most 27 digits (a test compares them) and rounds to 28 significant digits past that."""
+    lot = _LOTS.get(lot_size)
+    if lot is None:
+        sign, digits, exponent = Decimal(lot_size).as_tuple()
+        assert isinstance(exponent, int) and not sign
+        number = int("".join(map(str, digits)))
+        lot = _LOTS[lot_size] = (number * 10 ** max(exponent, 0), 10 ** max(-exponent, 0))
+    number, scale = lot
+    divisor = filled_lots * number
+    q, r = divmod(filled_quote * scale, divisor)
+    if 2 * r > divisor or (2 * r == divisor and q & 1):
+        q += 1
+    return q
 
 
 class Orders(Projection):
@@ -149,31 +172,33 @@ class Orders(Projection):
         self.rows.put(row)
 
     def render(self, row: Row) -> None:
-        market = self.catalog.markets.get(row["market"]) if row["market"] else None
-        if market is None:  # rejected for an unknown market: nothing to render with
+        formats = self.catalog.formats.get(row["market"]) if row["market"] else None
+        if formats is None:  # rejected for an unknown market: nothing to render with
             row["filled_str"] = row["filled_quote_str"] = row["fee_str"] = "0"
             return
+        market = formats.market
         quote_p = market.quote_precision
-        fee_p = market.base_precision if row["fee_asset"] == market.base else quote_p
-        row["filled_str"] = market.format_quantity(row["filled"])
-        row["filled_quote_str"] = format_units(row["filled_quote"], quote_p)
-        row["fee_str"] = format_units(row["fee"], fee_p)
+        filled = row["filled"]
+        row["filled_str"] = formats.quantity(filled)
+        row["filled_quote_str"] = units_str(row["filled_quote"], quote_p)
+        row["fee_str"] = units_str(
+            row["fee"], market.base_precision if row["fee_asset"] == market.base else quote_p)
         if row["status"] == "rejected":
             return
-        row["price_str"] = None if row["price"] is None else market.format_price(row["price"])
+        row["price_str"] = None if row["price"] is None else formats.price(row["price"])
         quantity = row["quantity"]
-        row["quantity_str"] = None if quantity is None else market.format_quantity(quantity)
+        row["quantity_str"] = None if quantity is None else formats.quantity(quantity)
         qq = row["quote_quantity"]
-        row["quote_quantity_str"] = None if qq is None else format_units(qq, quote_p)
+        row["quote_quantity_str"] = None if qq is None else units_str(qq, quote_p)
         if quantity is None:
             row["remaining_str"] = None
         elif row["status"] in OPEN:
-            row["remaining_str"] = market.format_quantity(quantity - row["filled"])
+            row["remaining_str"] = formats.quantity(quantity - filled)
         else:
-            row["remaining_str"] = market.format_quantity(0)
+            row["remaining_str"] = formats.quantity(0)
         row["average_price_str"] = (
-            average_price(row["filled_quote"], row["filled"], market.lot_size, quote_p)
-            if row["filled"]
+            units_str(average_units(row["filled_quote"], filled, market.lot_size), quote_p)
+            if filled
             else None
         )
 

@@ -98,6 +98,17 @@ class LazyOutcome:
     def names(self) -> frozenset[bytes] | None:
         """The fact types and command it names (and ``postings`` if any), read from the stored
         JSON without decoding it; None if the state is not plain JSON (then: decode)."""
+        if self._names is None and self._decoded is not None:
+            # decoded already (for a projection that reads every outcome): its facts say it
+            o = self._decoded
+            kinds = [t for f in o.facts if isinstance(f, dict) and isinstance(t := f.get("type"), str)]
+            if len(kinds) == len(o.facts):
+                found = {t.encode() for t in kinds}
+                if isinstance(o.command, str):
+                    found.add(o.command.encode())
+                if any("postings" in f for f in o.facts):
+                    found.add(b"postings")
+                self._names = frozenset(found)
         if self._names is None:
             state = self._n.state
             if not state.startswith(b"{"):

@@ -30,11 +30,11 @@ class Trades(Projection):
             if f["type"] != "TradeExecuted":
                 self.listing(f)
                 continue
-            m = self.catalog.markets[f["market"]]
+            m = self.catalog.formats[f["market"]]
             self.rows.add(
                 f["trade_id"], f["market"], bigs(f["price"]), bigs(f["quantity"]),
-                bigs(f["quote_amount"]), m.format_price(f["price"]), m.format_quantity(f["quantity"]),
-                self.catalog.units(m.quote, f["quote_amount"]), f["taker_side"], o.time, o.position,
+                bigs(f["quote_amount"]), m.price(f["price"]), m.quantity(f["quantity"]),
+                m.quote(f["quote_amount"]), f["taker_side"], o.time, o.position,
             )
 
     def flush(self, tx: Tx) -> None:

@@ -10,6 +10,7 @@ ticker, the event index).
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -554,7 +555,8 @@ def test_market_objects_render_like_the_engine(world: World) -> None:
 
 def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
     """The hot-path helpers give exactly what the library and the domain give."""
-    from projections.base import outcome_event_id, units_str
+    from projections.base import Formats, outcome_event_id, units_str
+    from projections.orders import average_price, average_units
     from projections.runner import LazyOutcome
 
     for o in world.outcomes[:300]:
@@ -562,6 +564,28 @@ def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
     for units in (0, 1, -1, 5, -123456789, 10**25, -(10**25) - 7):
         for precision in (0, 1, 2, 6, 8, 18):
             assert units_str(units, precision) == format_units(units, precision)
+    rng = random.Random(7)
+    for lot_size in ("0.0001", "0.01", "0.5", "1", "2.50", "10", "25"):
+        for quote_p in (0, 2, 6, 18):
+            cases = [(1, 1), (5, 2), (15, 2), (25, 2), (35, 2), (10**40 + 5, 10), (3, 10**30)]
+            cases += [(rng.randrange(1, 10**rng.randrange(1, 40)), rng.randrange(1, 10**rng.randrange(1, 12)))
+                      for _ in range(300)]
+            for quote_units, lots in cases:
+                got = average_units(quote_units, lots, lot_size)
+                if len(str(got)) <= 27:  # the Decimal version rounds to 28 digits past that
+                    assert units_str(got, quote_p) == average_price(quote_units, lots, lot_size, quote_p), \
+                        (quote_units, lots, lot_size, quote_p)
+    assert average_units(10**40 + 5, 10, "0.0001") == 10**43 + 5000  # exact at any size
+    assert average_units(5, 2, "1") == 2 and average_units(7, 2, "1") == 4  # half to even
+    for m in (Market.create("ETH-USDT", Asset("ETH", 18), Asset("USDT", 6), "0.01", "0.01"),
+              Market.create("BTC-USDT", Asset("BTC", 8), Asset("USDT", 2), "0.5", "0.02"),
+              Market.create("X-Y", Asset("X", 0), Asset("Y", 0), "5", "10")):
+        formats = Formats(m, limit=50)  # also across the memo's restarts
+        for _ in range(3):
+            for v in [0, 1, 7, 10**20, *(rng.randrange(0, 10**rng.randrange(1, 21)) for _ in range(100))]:
+                assert formats.price(v) == m.format_price(v)
+                assert formats.quantity(v) == m.format_quantity(v)
+                assert formats.quote(v) == format_units(v, m.quote_precision)
     page = world.logs.exchange.select_notifications(start=0, limit=10_000, inclusive_of_start=False)
     for n in page:
         lazy = LazyOutcome(world.logs, n)
@@ -571,6 +595,9 @@ def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
         want |= {decoded.command.encode()} if decoded.command else set()
         want |= {b"postings"} if any("postings" in f for f in decoded.facts) else set()
         assert names == want, (n.id, names, want)
+        first = LazyOutcome(world.logs, n)  # decoded first (all models at once): from its facts
+        first.decoded()
+        assert first.names() == want, n.id
 
 
 def test_orjson_decoding_gives_what_the_standard_decoder_gives(world: World) -> None:
