@@ -94,8 +94,13 @@ def postgres_env(url: str) -> dict[str, str]:
     }
 
 
-def event_store_envs(settings: Settings, create_tables: bool = True) -> dict[str, dict[str, str]]:
-    """The eventsourcing environment of each log (``requests``, ``exchange``)."""
+def event_store_envs(settings: Settings, create_tables: bool = True, pool_size: int | None = None
+                     ) -> dict[str, dict[str, str]]:
+    """The eventsourcing environment of each log (``requests``, ``exchange``).
+
+    ``pool_size``: connections each log's PostgreSQL pool opens at once (default 5, and up to 10
+    more on demand); a process with one or two threads on the logs needs 1.
+    """
     create = {"CREATE_TABLE": "y" if create_tables else "n"}
     backend = settings.backend
     if backend == "memory":
@@ -104,6 +109,8 @@ def event_store_envs(settings: Settings, create_tables: bool = True) -> dict[str
     if backend == "postgres":
         assert settings.database_url
         env = {**postgres_env(settings.database_url), **create}
+        if pool_size is not None:
+            env.update({"POSTGRES_POOL_SIZE": str(pool_size), "POSTGRES_MAX_OVERFLOW": "4"})
         return {"requests": dict(env), "exchange": dict(env)}
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return {

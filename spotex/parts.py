@@ -39,6 +39,9 @@ from spotex.wiring import build_logs
 
 log = logging.getLogger("spotex.serve")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# PostgreSQL connections each child's log pools open at once (the engine's loop and its commit
+# thread, the read models' one runner): the default 5 per log would triple serve's connections.
+CHILD_POOL = 1
 
 
 class MeteredSequencer(Sequencer):
@@ -190,7 +193,7 @@ def _background_main(settings: Settings, env: dict[str, str], stop: Any, wake: A
         with contextlib.suppress(OSError):
             passes.send_bytes(b"")
 
-    logs = build_logs(settings, create_tables=False)
+    logs = build_logs(settings, create_tables=False, pool_size=CHILD_POOL)
     store = open_read_store(settings)
     delivery_stop = threading.Event()
     delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
@@ -343,7 +346,7 @@ def _engine_main(settings: Settings, wake: Any, stop: Any, ready: Any, projectio
         with contextlib.suppress(OSError):
             batches.send_bytes(n.to_bytes(4, "little"))
 
-    sequencer = MeteredSequencer(build_logs(settings, create_tables=False), committed)
+    sequencer = MeteredSequencer(build_logs(settings, create_tables=False, pool_size=CHILD_POOL), committed)
     positions[0], positions[1] = sequencer.request_position, sequencer.exchange_position
     log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
     ready.set()

@@ -6,6 +6,7 @@ from engine.log import Logs
 from spotex.config import Settings, event_store_envs
 
 
-def build_logs(settings: Settings, create_tables: bool = True) -> Logs:
-    """The requests log, exchange log and snapshot store for this configuration."""
-    return Logs.open(event_store_envs(settings, create_tables=create_tables))
+def build_logs(settings: Settings, create_tables: bool = True, pool_size: int | None = None) -> Logs:
+    """The requests log, exchange log and snapshot store for this configuration (``pool_size``:
+    see ``event_store_envs``)."""
+    return Logs.open(event_store_envs(settings, create_tables=create_tables, pool_size=pool_size))
