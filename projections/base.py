@@ -17,6 +17,7 @@ Rules that keep a rebuild identical to the live tables:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -57,6 +58,7 @@ def iso_of(seconds: int) -> str:
     return (EPOCH + timedelta(seconds=seconds)).isoformat()
 
 
+@functools.lru_cache(maxsize=1 << 14)  # the ledger and the outcome index ask for the same ones
 def outcome_event_id(request_id: str) -> str:
     """The event id of the outcome that answers a request: ``uuid5(request id, "outcome")``.
 
@@ -129,6 +131,25 @@ class Formats:
             if len(self._quotes) >= self.limit:
                 self._quotes.clear()
             s = self._quotes[units] = units_str(units, self.market.quote_precision)
+        return s
+
+
+class Units:
+    """``units_str`` for one precision, remembered (amounts repeat: holds, fees, quantities)."""
+
+    __slots__ = ("limit", "memo", "precision")
+
+    def __init__(self, precision: int, limit: int = 50_000) -> None:
+        self.precision = precision
+        self.limit = limit
+        self.memo: dict[int, str] = {}
+
+    def __call__(self, units: int) -> str:
+        s = self.memo.get(units)
+        if s is None:
+            if len(self.memo) >= self.limit:
+                self.memo.clear()
+            s = self.memo[units] = units_str(units, self.precision)
         return s
 
 

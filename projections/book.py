@@ -60,58 +60,65 @@ class Book(Projection):
         self.levels.load(tx)
         self.state.load(tx)
 
+    def _adjust(self, before: dict[tuple[str, str, int], int], market: str, side: str, price: int,
+                delta: int) -> None:
+        key = (market, side, price)
+        levels = self.levels
+        row = levels.get(key)
+        qty = row["quantity"] if row else 0
+        if key not in before:
+            before[key] = qty
+        new = qty + delta
+        if new < 0:
+            raise ValueError(f"level {key} would go negative ({qty} {delta:+})")
+        if new == 0:
+            levels.delete(key)
+        else:
+            levels.put({"market": market, "side": side, "price": price, "quantity": new}, key)
+
     def apply(self, o: RecordedOutcome) -> None:
         before: dict[tuple[str, str, int], int] = {}
         totals: dict[str, int] = {}  # order id → total lots, from this outcome's facts
-
-        def adjust(market: str, side: str, price: int, delta: int) -> None:
-            key = (market, side, price)
-            row = self.levels.get(key)
-            qty = row["quantity"] if row else 0
-            before.setdefault(key, qty)
-            new = qty + delta
-            if new < 0:
-                raise ValueError(f"level {key} would go negative ({qty} {delta:+})")
-            if new == 0:
-                self.levels.delete(key)
-            else:
-                self.levels.put({"market": market, "side": side, "price": price, "quantity": new}, key)
+        adjust = self._adjust
+        orders = self.orders
 
         for f in o.facts:
             kind = f["type"]
-            if kind == "OrderAccepted":
+            if kind == "TradeExecuted":
+                row = self._resting(f["maker_order_id"])
+                row["remaining"] -= f["quantity"]
+                orders.put(row)
+                adjust(before, row["market"], row["side"], row["price"], -f["quantity"])
+            elif kind == "OrderAccepted":
                 totals[f["order_id"]] = f["quantity"]
             elif kind == "OrderBooked":
                 oid = f["order_id"]
-                self.orders.put({"order_id": oid, "market": f["market"], "side": f["side"],
-                                 "price": f["price"], "quantity": totals[oid],
-                                 "remaining": f["remaining"]})
-                adjust(f["market"], f["side"], f["price"], f["remaining"])
-            elif kind == "TradeExecuted":
-                row = self._resting(f["maker_order_id"])
-                row["remaining"] -= f["quantity"]
-                self.orders.put(row)
-                adjust(row["market"], row["side"], row["price"], -f["quantity"])
+                orders.put({"order_id": oid, "market": f["market"], "side": f["side"],
+                            "price": f["price"], "quantity": totals[oid],
+                            "remaining": f["remaining"]}, (oid,))
+                adjust(before, f["market"], f["side"], f["price"], f["remaining"])
             elif kind == "OrderAmended":
                 totals[f["order_id"]] = f["quantity"]
-                resting = self.orders.get((f["order_id"],))
+                resting = orders.get((f["order_id"],))
                 if resting is None:
                     continue
                 if f["priority"] == "kept":
                     filled = resting["quantity"] - resting["remaining"]
                     remaining = f["quantity"] - filled
-                    adjust(resting["market"], resting["side"], resting["price"],
+                    adjust(before, resting["market"], resting["side"], resting["price"],
                            remaining - resting["remaining"])
-                    self.orders.put({**resting, "quantity": f["quantity"], "remaining": remaining})
+                    orders.put({**resting, "quantity": f["quantity"], "remaining": remaining})
                 else:  # it leaves the book; an OrderBooked follows if it rests again
-                    adjust(resting["market"], resting["side"], resting["price"], -resting["remaining"])
-                    self.orders.delete((f["order_id"],))
+                    adjust(before, resting["market"], resting["side"], resting["price"],
+                           -resting["remaining"])
+                    orders.delete((f["order_id"],))
             elif kind == "OrderClosed":
-                closing = self.orders.get((f["order_id"],))
+                closing = orders.get((f["order_id"],))
                 if closing is not None:
                     if closing["remaining"]:
-                        adjust(closing["market"], closing["side"], closing["price"], -closing["remaining"])
-                    self.orders.delete((f["order_id"],))
+                        adjust(before, closing["market"], closing["side"], closing["price"],
+                               -closing["remaining"])
+                    orders.delete((f["order_id"],))
             elif kind == "MarketListed":
                 self.listing(f)
                 self.state.put({"market": f["symbol"], "sequence": 0, "position": o.position})

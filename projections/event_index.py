@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from engine.exchange import RequestRecord
 from engine.log import RecordedOutcome
@@ -31,6 +32,7 @@ class OutcomeIndex(Projection):
             ("request_id", "event_id", "position", "seq", "request_position", "actor", "command",
              "status", "reason", "message", "facts", "time"),
         )
+        self._types: dict[tuple[Any, ...], str] = {}
 
     def apply(self, o: RecordedOutcome) -> None:
         first = o.facts[0] if o.facts else None
@@ -40,8 +42,18 @@ class OutcomeIndex(Projection):
             o.request_id, outcome_event_id(o.request_id), o.position, o.seq, o.request_position,
             o.actor, o.command, "rejected" if rejected else "accepted",
             rejection["reason"] if rejection else None, rejection["message"] if rejection else None,
-            json.dumps([f["type"] for f in o.facts], separators=(",", ":")), o.time,
+            self._types_json(o.facts), o.time,
         )
+
+    def _types_json(self, facts: list[dict[str, Any]]) -> str:
+        """The JSON list of the facts' types (a few dozen lists in all: remembered)."""
+        types = tuple(f["type"] for f in facts)
+        out = self._types.get(types)
+        if out is None:
+            if len(self._types) >= 10_000:
+                self._types.clear()
+            out = self._types[types] = json.dumps(list(types), separators=(",", ":"))
+        return out
 
     def flush(self, tx: Tx) -> None:
         self.rows.flush(tx)

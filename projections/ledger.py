@@ -13,9 +13,9 @@ from projections.base import (
     Appends,
     Projection,
     RequestLookup,
+    Units,
     outcome_event_id,
     snake,
-    units_str,
     words,
 )
 from projections.store import Tx
@@ -37,10 +37,11 @@ class Ledger(Projection):
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
         self.rows = Appends(self.t["ledger"], COLUMNS)
+        self.formats: dict[str, Units] = {}  # asset → its amounts' strings
 
     def apply(self, o: RecordedOutcome) -> None:
         event_id: str | None = None
-        precision = self.catalog.assets
+        formats = self.formats
         add = self.rows.pending.append
         position, time = o.position, o.time
         for index, f in enumerate(o.facts):
@@ -53,10 +54,12 @@ class Ledger(Projection):
             kind = snake(f["type"])
             ref = next((str(f[k]) for k in REF_FIELDS if f.get(k) is not None), None)
             for account, asset, d_available, d_frozen in postings:
-                p = precision[asset]
+                units = formats.get(asset)
+                if units is None:
+                    units = formats[asset] = Units(self.catalog.assets[asset])
                 add((
                     position, index, account, asset, kind, ref, event_id, str(d_available),
-                    str(d_frozen), units_str(d_available, p), units_str(d_frozen, p), time,
+                    str(d_frozen), units(d_available), units(d_frozen), time,
                 ))
 
     def flush(self, tx: Tx) -> None:
