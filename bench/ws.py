@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/ws.py [--subscribers 1000] [--rate 20] [--seconds 20] [--procs 2]
                                  [--url sqlite | postgresql://postgres@127.0.0.1:5432] [--keep]
-                                 [--api-procs 0] [--spare-serve] [--deflate] [--asgi-send] [--client raw]
+                                 [--api-procs 0] [--spare-serve] [--api-cpu 0.25]
+                                 [--deflate] [--asgi-send] [--client raw]
 
 1. Starts the real ``spotex serve`` (api, engine, projections and the WebSocket follower in one
    process; SQLite files by default, or a scratch PostgreSQL database), lists BTC-USDT, funds two
@@ -13,6 +14,8 @@
    subscribers are spread evenly over all K + 1 processes (the fan-out scaling out);
    ``--spare-serve`` puts none on ``spotex serve``, so that it only runs the engine, the
    projections and the order requests, and the K api processes do all of the fan-out.
+   ``--api-cpu F`` caps each of them at F of one core (a CPU cgroup of its own, as root): a small
+   machine's stand-in for "one process per core", to see one process saturate and two not.
 3. Flows orders at ``--rate`` per second for ``--seconds``: a resting limit order, then a market
    order that trades with the book, alternately on each side.
 4. Prints: messages delivered (all subscribers) per second; the delay of each trade message from
@@ -69,6 +72,31 @@ def percentile(values: list[float], p: float) -> float:
     return values[k]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (``spotex serve`` on PostgreSQL runs the engine and the read
+    models in child processes)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        kids = [c for c, p in parent.items() if p == todo[-1]]
+        todo.pop()
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for x in pids:
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            out[x] = cpu_seconds(x)
+    return out
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="utf-8") as f:
         for line in f:
@@ -95,6 +123,52 @@ def backend_cpu(db_url: str) -> dict[int, float]:
         with contextlib.suppress(OSError):  # it ended meanwhile
             out[pid] = cpu_seconds(pid)
     return out
+
+
+class CpuCap:
+    """A CPU cgroup of its own per process, capped at ``share`` of one core (cgroup v2 ``cpu.max``
+    or v1 ``cpu.cfs_quota_us``; a 10 ms period, so that a capped process waits in short slices).
+    Needs root; removed again by ``close``."""
+
+    PERIOD_US = 10_000
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.dirs: list[Path] = []
+
+    def add(self, pid: int) -> None:
+        quota = max(1000, int(self.share * self.PERIOD_US))
+        v2, v1 = Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        if v2.exists():
+            d = Path(f"/sys/fs/cgroup/spotex-bench-ws-{os.getpid()}-{pid}")
+            d.mkdir()
+            (d / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        elif v1.exists():
+            d = Path(f"/sys/fs/cgroup/cpu/spotex-bench-ws-{os.getpid()}-{pid}")
+            d.mkdir()
+            (d / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (d / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            raise RuntimeError("--api-cpu: no CPU cgroup controller found")
+        self.dirs.append(d)
+        (d / "cgroup.procs").write_text(str(pid))
+
+    def throttled(self) -> float:
+        """Seconds the capped processes spent throttled so far."""
+        total = 0.0
+        for d in self.dirs:
+            for line in (d / "cpu.stat").read_text().splitlines():
+                key, value = line.split()
+                if key == "throttled_usec":
+                    total += int(value) / 1e6
+                elif key == "throttled_time":  # v1: nanoseconds
+                    total += int(value) / 1e9
+        return total
+
+    def close(self) -> None:
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 # -- subscriber processes -----------------------------------------------------------------------
@@ -383,6 +457,8 @@ def main() -> int:
     p.add_argument("--spare-serve", action="store_true",
                    help="no subscribers on `spotex serve` (engine, projections, orders): only on the "
                         "--api-procs processes")
+    p.add_argument("--api-cpu", type=float, default=0.0,
+                   help="cap each --api-procs process at this share of one core (a CPU cgroup; root)")
     p.add_argument("--client", choices=("raw", "websockets"), default="raw",
                    help="the subscribers' client: a minimal one (default) or the websockets package's")
     p.add_argument("--asgi-send", action="store_true",
@@ -416,6 +492,7 @@ def main() -> int:
     server = start_server(Path(tmp.name), server_env)
     pid = server.proc.pid
     apis: list[subprocess.Popen[bytes]] = []
+    cap = CpuCap(args.api_cpu) if args.api_cpu else None
     try:
         urls = [server.url]
         for _ in range(args.api_procs):
@@ -427,7 +504,12 @@ def main() -> int:
             apis.append(subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
                                           "--port", str(port)], cwd=ROOT, env=env,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if cap is not None:
+                cap.add(apis[-1].pid)
             urls.append(f"http://127.0.0.1:{port}")
+        if cap is not None:
+            print(f"each spotex api process capped at {args.api_cpu:g} of one core (CPU cgroup, "
+                  f"{CpuCap.PERIOD_US // 1000} ms period)", flush=True)
         for url in urls[1:]:
             deadline = time.monotonic() + 120
             while True:
@@ -494,6 +576,9 @@ def main() -> int:
         tokens = [t.token or "" for t in traders]
         db_cpu0 = backend_cpu(db_url) if db_url else {}
         cpus0 = [cpu_seconds(x) for x in pids]
+        children = descendants(pid)  # serve's engine and read models (PostgreSQL), long-lived
+        children0 = cpu_of(children)
+        throttled0 = cap.throttled() if cap is not None else 0.0
         w0 = time.monotonic()
         start.set()
         sent, errors = asyncio.run(order_flow(server.url, tokens, args.rate, args.seconds))
@@ -501,7 +586,8 @@ def main() -> int:
         stop.set()
         window = time.monotonic() - w0
         cpus = [cpu_seconds(x) - c0 for x, c0 in zip(pids, cpus0, strict=True)]
-        cpu = sum(cpus)
+        children_cpu = sum(c - children0[x] for x, c in cpu_of(children).items())
+        cpu = sum(cpus) + children_cpu
         db_cpu1 = backend_cpu(db_url) if db_url else {}
         rss_peak = sum(rss_kib(x) for x in pids)
         totals = {"messages": 0, "counted": 0, "gaps": 0, "dropped": 0, "closed": 0, "cpu": 0.0}
@@ -526,17 +612,24 @@ def main() -> int:
               f"p90 {pct[90]:.1f} ms  p99 {pct[99]:.1f} ms  max {pct[100]:.1f} ms", flush=True)
         print(f"book gaps {totals['gaps']}, dropped as slow {totals['dropped']}, other closes "
               f"{totals['closed']}; server CPU {cpu / window * 100:.0f}% of one core during the flow "
-              f"({len(pids)} process{'es' if len(pids) > 1 else ''}), "
+              f"({len(pids)} process{'es' if len(pids) > 1 else ''}"
+              f"{f' and serve’s {len(children)} child processes' if children else ''}), "
               f"RSS at the end {rss_peak / 1024:.0f} MiB", flush=True)
         print(f"server CPU per message delivered: {cpu / max(1, totals['counted']) * 1e6:.1f} µs "
               f"({cpu:.2f} s for {totals['counted']} messages); the clients' "
               f"{totals['cpu'] / max(1, totals['counted']) * 1e6:.1f} µs ({args.client} client)", flush=True)
         for i, (url, c) in enumerate(zip(urls, cpus, strict=True)):
-            role = "spotex serve (engine, projections, orders)" if i == 0 else "spotex api"
+            role = "spotex serve (orders in; engine, projections)" if i == 0 else "spotex api"
             n_msg = counted_by[url]
             per = f"{c / n_msg * 1e6:.1f} µs per message of its subscribers" if n_msg else "no subscribers"
             print(f"  process {i}, {role}, {subscribers_of[url]} subscribers: {n_msg / window:,.0f} "
                   f"messages/s, CPU {c / window * 100:.0f}% of one core ({c:.2f} s), {per}", flush=True)
+            if i == 0 and children:
+                print(f"    and its {len(children)} child processes (engine, read models): CPU "
+                      f"{children_cpu / window * 100:.0f}% of one core ({children_cpu:.2f} s)", flush=True)
+        if cap is not None:
+            print(f"  the capped api processes were throttled {cap.throttled() - throttled0:.2f} s in all "
+                  "during the flow", flush=True)
         if db_url:
             db = sum(c - db_cpu0.get(x, 0.0) for x, c in db_cpu1.items())
             print(f"  PostgreSQL backends of the database ({len(db_cpu1)} connections): CPU "
@@ -547,6 +640,8 @@ def main() -> int:
         for a in apis:
             a.terminate()
             a.wait(timeout=30)
+        if cap is not None:
+            cap.close()
         code = stop_server(server)
         tmp.cleanup()
         if db_url and not args.keep:
