@@ -15,9 +15,9 @@
    and 4 processes (``--processes``; groups of about equal cost, as ``spotex projections
    rebuild all`` does on PostgreSQL). A rate is log events (outcomes; requests for
    ``request_index``) per second of wall time; ``cpu`` is the CPU time of this process and its
-   children (decoding, folding, encoding rows) — the rest of the wall time is the database
-   server and waiting. The load average is printed with each line: on a shared machine the
-   figures move with it.
+   children (decoding, folding, encoding rows), ``server`` that of the PostgreSQL backends
+   serving it (a local server, read from /proc) — the rest of the wall time is waiting. The
+   load average is printed with each line: on a shared machine the figures move with it.
 
 ``--keep --build-only`` builds a log and keeps its database; ``--reuse URL`` times rebuilds on
 such a database without building the log again.
@@ -66,6 +66,30 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _server_cpu(settings: Settings) -> float | None:
+    """CPU seconds used so far by the PostgreSQL backends connected to the bench's database (a
+    server on this host: read from /proc). Backends that ended meanwhile are not counted, so
+    this is only taken around rebuilds in this process, whose pool keeps its connections."""
+    url = settings.database_url
+    if not url or ("@127.0.0.1" not in url and "@localhost" not in url):
+        return None
+    name = url.rsplit("/", 1)[-1].encode()
+    total, found = 0, False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if cmdline.startswith(b"postgres: ") and b" " + name + b" " in cmdline.replace(b"\0", b" "):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,15 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [args.only] if args.only else list(PROJECTIONS)
         print(f"load average before: {_load()}")
         print(f"{'rebuild':<22} {'events':>10} {'seconds':>8} {'events/s':>10} {'cpu s':>7} "
-              f"{'cpu µs/event':>12}  load (1 min)")
+              f"{'cpu µs/event':>12} {'server s':>8} {'server µs':>9}  load (1 min)")
 
         def timed(label: str, classes: list[type[Projection]], events: int, processes: int = 1) -> None:
+            s0 = _server_cpu(settings) if processes == 1 else None
             t, c = time.perf_counter(), _cpu()
             parallel = Parallel(settings, processes) if processes > 1 else None
             rebuild(store, logs, classes, parallel=parallel)
             dt, dc = time.perf_counter() - t, _cpu() - c
+            s1 = _server_cpu(settings) if s0 is not None else None
+            server = f"{'—':>8} {'—':>9}"
+            if s0 is not None and s1 is not None:
+                server = f"{s1 - s0:>8.2f} {1e6 * (s1 - s0) / events:>9,.0f}"
             print(f"{label:<22} {events:>10,} {dt:>8.2f} {events / dt:>10,.0f} {dc:>7.2f} "
-                  f"{1e6 * dc / events:>12,.0f}  {os.getloadavg()[0]:.1f}", flush=True)
+                  f"{1e6 * dc / events:>12,.0f} {server}  {os.getloadavg()[0]:.1f}", flush=True)
 
         if not args.all_only:
             for name in names:
@@ -143,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if n > 1:
                     timed(f"all (14), {n} processes", every, outcomes, n)
             print("all: exchange outcomes/s (the requests log, as long, is replayed beside); "
-                  "cpu: this process and its children")
+                  "cpu: this process and its children; server: the PostgreSQL backends of the "
+                  "bench database (not the WAL writer's or checkpointer's share; not measured "
+                  "with processes, whose backends end with them)")
             if any(n > 1 for n in args.processes):
                 print("with processes, each reads and decodes the log for its own group: " + "; ".join(
                     f"{n}: " + " | ".join(", ".join(c.name for c in g) for g in split(every, n))
