@@ -238,8 +238,8 @@ def recent_placement(services: Services, order_id: uuid.UUID) -> Placement | Non
     """The placement request of ``order_id`` if this process appended it lately, else None."""
     if services.appender is None:
         return None
-    found: Placement | None = services.appender.placements.get(order_id)
-    return found
+    found = services.appender.placements.get(order_id.int)
+    return None if found is None else Placement(order_id, *found)
 
 
 class Appender:
@@ -258,7 +258,11 @@ class Appender:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.placements: OrderedDict[uuid.UUID, Placement] = OrderedDict()
+        # order id (as an int) → (actor, command, timestamp): ints, strings, a dict of strings
+        # and a datetime, none of which the cyclic collector tracks, so a full cache costs the
+        # collector nothing (Placement and UUID objects are tracked: 65,536 of each made
+        # every full collection walk them)
+        self.placements: OrderedDict[int, tuple[str | None, dict[str, Any], Any]] = OrderedDict()
         self._pending: list[tuple[tuple[uuid.UUID, str | None, dict[str, Any], Any],
                                   asyncio.Future[Appended]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -297,7 +301,7 @@ class Appender:
                     future.set_result(result)
 
     def _remember(self, placement: Placement) -> None:
-        self.placements[placement.request_id] = placement
+        self.placements[placement.request_id.int] = (placement.actor, placement.command, placement.timestamp)
         if len(self.placements) > RECENT_PLACEMENTS:
             self.placements.popitem(last=False)
 
