@@ -114,7 +114,7 @@ class BackgroundThreads:
             store, WebhookConfig.from_env(env, settings.production)).run(self._delivery_stop))
 
     def start(self, on_pass: Callable[[], None]) -> None:
-        self._on_pass = on_pass
+        self._on_pass = lambda: _safely(on_pass)
         self.projections.start()
         self._delivery.start()
 
@@ -175,7 +175,7 @@ class BackgroundProcess:
                 self._passes.recv_bytes()
             except (EOFError, OSError):
                 return
-            on_pass()
+            _safely(on_pass)
 
     def stop_delivery(self) -> None:
         """Delivery stops with the child, after the read models' last pass."""
@@ -213,7 +213,7 @@ class EngineThread:
     def __init__(self, logs: Logs, projections_wake: Flag, on_batch: Callable[[int], None]) -> None:
         def committed(n: int) -> None:
             projections_wake.set()
-            on_batch(n)
+            _safely(on_batch, n)
 
         self.wake, self._stop = threading.Event(), threading.Event()
         self.sequencer = MeteredSequencer(logs, committed)
@@ -286,7 +286,7 @@ class EngineProcess:
                 n = int.from_bytes(self._batches.recv_bytes(), "little")
             except (EOFError, OSError):
                 return
-            self._on_batch(n)
+            _safely(self._on_batch, n)
 
     def positions(self) -> tuple[int, int]:
         return self._positions[0], self._positions[1]
@@ -305,6 +305,15 @@ class EngineProcess:
         self._stop.set()
         self.wake.set()
         self._process.join()
+
+
+def _safely(callback: Callable[..., None], *args: Any) -> None:
+    """Run a relay's callback; a failure (the event loop already closed at shutdown) is logged
+    and the relay goes on reading, so a child never blocks on a full pipe."""
+    try:
+        callback(*args)
+    except Exception:
+        log.debug("a child's report could not be passed on", exc_info=True)
 
 
 def _name_process(name: str) -> None:
