@@ -114,6 +114,14 @@ def raise_if_rejected(sub: Submitted) -> None:
         )
 
 
+def _projected_outcome(services: Services, request_id: str) -> RecordedOutcome | None:
+    """The outcome of a request the read models show (one thread hop for both reads)."""
+    found = services.reads.outcome_of(request_id)
+    if found is None:
+        return None
+    return outcome_at(services.logs, int(found["position"]))
+
+
 class Watcher:
     """Resolves waits on positions: the engine's tracking position, then the read models'."""
 
@@ -153,10 +161,7 @@ class Watcher:
                 # Committed: the exchange log's head is at or past its outcome now.
                 head = await self._outcome_head()
                 await self._wait(self._projected, head)
-                found = await to_thread.run_sync(services.reads.outcome_of, request_id)
-                if found is None:
-                    return None
-                return await to_thread.run_sync(outcome_at, services.logs, int(found["position"]))
+                return await to_thread.run_sync(_projected_outcome, services, request_id)
         except TimeoutError:
             return None
 
@@ -182,7 +187,12 @@ class Watcher:
                     at = await self._engine_position()
                     progressed |= self._release(self._engine, at)
                 if self._projected:
-                    at = await to_thread.run_sync(self.services.reads.projected_position)
+                    hint = self.services.projected_hint
+                    pushed = hint() if hint is not None else None
+                    if pushed is None:
+                        at = await to_thread.run_sync(self.services.reads.projected_position)
+                    else:  # reported after each pass, with a kick: no query per look
+                        at = pushed
                     progressed |= self._release(self._projected, at)
             except Exception:  # a store unreachable: waiters answer 202 at their limit
                 log.exception("waiting for outcomes: cannot read positions")

@@ -47,6 +47,9 @@ class Services:
     # In process with the engine (``spotex serve``): its committed (request, exchange) positions,
     # read from memory instead of the store by ``?wait=true``.
     engine_positions: Callable[[], tuple[int, int]] | None = None
+    # With ``spotex serve``: the read models' projected position as they last reported it
+    # after a pass, None when stale; ``?wait=true`` then needs no query per look.
+    projected_hint: Callable[[], int | None] | None = None
     # The group commit of appends (``api.bus.Appender``), made on first use in the app's loop.
     appender: Any = field(default=None, repr=False)
     # Serve the ordinary place and cancel without FastAPI's routing (``api.fastpath``).

@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -404,6 +404,14 @@ def followers_for(
     }
 
 
+def _projected(followers: Iterable[Follower]) -> int | None:
+    """What ``ProjectionReads.projected_position`` would read now, from the followers' memory."""
+    positions = [f.position for f in followers if f.source == "exchange"]
+    if not positions or any(p is None for p in positions):
+        return None
+    return min(p for p in positions if p is not None)
+
+
 def run_in_process(
     settings: Settings,
     logs: Logs,
@@ -415,7 +423,7 @@ def run_in_process(
     batch: int = BATCH,
     max_idle: float = 0.05,
     retry_after: float = 5.0,
-    on_pass: Callable[[], None] | None = None,
+    on_pass: Callable[[int | None], None] | None = None,
 ) -> None:
     """Keep every projection caught up with the logs until ``stop`` is set (embedded default).
 
@@ -424,8 +432,9 @@ def run_in_process(
     that follow it, and releases the locks; a pass is bounded so that a rebuild's swap gets the
     lock soon. A failed projection is retried every ``retry_after`` seconds (it stays stopped at
     its event, never skips it); the others go on. ``wake`` (set it after an engine commit)
-    cuts the idle wait short. ``on_pass`` is called after each pass that committed something
-    (``?wait=true`` answers once the read models show the outcome).
+    cuts the idle wait short. ``on_pass`` is called after each pass that committed something,
+    with the exchange-log position every exchange-log read model has now applied (None when one
+    of them is not loaded yet): ``?wait=true`` answers once the read models show the outcome.
     """
     own_store = store is None
     rs = store if store is not None else open_read_store(settings)
@@ -468,7 +477,7 @@ def run_in_process(
                 continue
             if worked:
                 if on_pass is not None:
-                    on_pass()
+                    on_pass(_projected(followers.values()))
                 idle = 0.001
                 continue
             if wake is not None:

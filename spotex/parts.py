@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -98,6 +99,26 @@ class Flag(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class ProjectedHint:
+    """The exchange-log position every read model has applied, as the read models last reported
+    it after a pass; None once it is older than ``fresh`` seconds (then ``?wait=true`` asks the
+    read store, as it does when another process keeps the read models)."""
+
+    def __init__(self, fresh: float = 0.5) -> None:
+        self.fresh = fresh
+        self._last: tuple[int, float] | None = None
+
+    def push(self, position: int | None) -> None:
+        if position is not None:
+            self._last = (position, time.monotonic())
+
+    def __call__(self) -> int | None:
+        last = self._last
+        if last is None or time.monotonic() - last[1] > self.fresh:
+            return None
+        return last[0]
+
+
 class BackgroundThreads:
     """The read models and the webhook delivery as threads of this process (SQLite)."""
 
@@ -106,7 +127,8 @@ class BackgroundThreads:
         from projections.webhooks import DeliveryRunner, WebhookConfig
 
         self.wake, self.stop = threading.Event(), threading.Event()
-        self._on_pass: Callable[[], None] | None = None
+        self.hint = ProjectedHint()
+        self._on_pass: Callable[[int | None], None] | None = None
         self.projections = Worker("spotex-projections", lambda: run_in_process(
             settings, logs, self.stop, self.wake, on_pass=self._on_pass))
         self._delivery_stop = threading.Event()
@@ -114,7 +136,11 @@ class BackgroundThreads:
             store, WebhookConfig.from_env(env, settings.production)).run(self._delivery_stop))
 
     def start(self, on_pass: Callable[[], None]) -> None:
-        self._on_pass = lambda: _safely(on_pass)
+        def passed(position: int | None) -> None:
+            self.hint.push(position)
+            _safely(on_pass)
+
+        self._on_pass = passed
         self.projections.start()
         self._delivery.start()
 
@@ -157,6 +183,7 @@ class BackgroundProcess:
 
         ctx = multiprocessing.get_context("spawn")
         self.wake, self.stop = ctx.Event(), ctx.Event()
+        self.hint = ProjectedHint()
         self._passes, passes = ctx.Pipe(duplex=False)
         self._child_end = passes
         self._process = ctx.Process(target=_background_main, name="spotex-projections",
@@ -172,9 +199,10 @@ class BackgroundProcess:
     def _relay(self, on_pass: Callable[[], None]) -> None:
         while True:
             try:
-                self._passes.recv_bytes()
+                message = self._passes.recv_bytes()
             except (EOFError, OSError):
                 return
+            self.hint.push(int.from_bytes(message, "little") if message else None)
             _safely(on_pass)
 
     def stop_delivery(self) -> None:
@@ -189,9 +217,9 @@ def _background_main(settings: Settings, env: dict[str, str], stop: Any, wake: A
 
     _child_setup("spotex-models", stop, (wake,))
 
-    def on_pass() -> None:
+    def on_pass(position: int | None) -> None:
         with contextlib.suppress(OSError):
-            passes.send_bytes(b"")
+            passes.send_bytes(b"" if position is None else position.to_bytes(8, "little"))
 
     logs = build_logs(settings, create_tables=False, pool_size=CHILD_POOL)
     store = open_read_store(settings)

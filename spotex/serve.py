@@ -146,6 +146,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     # Every append wakes the engine (services.notify), so its idle poll is only a fallback.
     services = build_services(settings, logs, store, env, notify=engine.wake.set, health=health)
     services.engine_positions = engine.positions
+    services.projected_hint = background.hint
     metrics_box.extend((services.metrics, services))
     app = create_app(services)
 
