@@ -1,12 +1,11 @@
 """``spotex audit`` and ``spotex replay``: read the stores (read-only), run ``engine.audit``, print.
 
 The stores are opened with ``create_tables=False`` (and SQLite files in ``mode=ro``); nothing
-here writes. Pages of stored events are read through the recorders (a thread fetches the next
-page while this one is audited) and decoded by ``engine.audit_decode``; the checks are
-``engine.audit``; replayed state is ``engine.audit_replay``. The audit runs in segments between
-the stored snapshots, on as many processes as there are CPUs (``--jobs``; see ``run_segments``).
-Progress goes to stderr; the report to stdout. Exit 0 when clean, 1 with violations, 2 when the
-stores cannot be read.
+here writes. Pages of stored events are read through the recorders (on PostgreSQL directly, see
+``_pg_fetch``) and decoded by ``engine.audit_decode``; the checks are ``engine.audit``; replayed
+state is ``engine.audit_replay``. The audit runs in segments between the stored snapshots, on as
+many processes as there are CPUs (``--jobs``; see ``run_segments``). Progress goes to stderr;
+the report to stdout. Exit 0 when clean, 1 with violations, 2 when the stores cannot be read.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-import queue
 import sys
-import threading
 import time
 import zlib
 from collections import Counter
@@ -79,43 +76,21 @@ def close_logs(logs: Logs) -> None:
 
 
 def _pages(fetch: Callable[[int], Sequence[Any]], after: int = 0) -> Iterator[Any]:
-    """Notifications page after page, the next page fetched in a thread while this one is used;
-    the thread stops when the pages run out or the consumer stops early."""
-    pages: queue.Queue[Sequence[Any] | BaseException] = queue.Queue(maxsize=2)
-    stop = threading.Event()
+    """Notifications page after page, each fetched when the last one is used up.
 
-    def put(item: Sequence[Any] | BaseException) -> None:
-        while not stop.is_set():
-            try:
-                pages.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def reader() -> None:
-        nonlocal after
+    In this process, not ahead in a thread: a reader thread fetching the next page while this
+    one was audited cost more CPU than its overlap saved wall time (1M log, ``--jobs 2`` on 2
+    vCPUs, alternated: 91-100 µs per outcome and 49.5-74.5 s without it, 103 µs and 55.2-82.1 s
+    with it; docs/performance.md)."""
+    while True:
         try:
-            while not stop.is_set():
-                page = fetch(after)
-                put(page)
-                if not page:
-                    return
-                after = page[-1].id
-        except BaseException as exc:
-            put(exc)
-
-    thread = threading.Thread(target=reader, name="audit-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            page = pages.get()
-            if isinstance(page, BaseException):
-                raise StoreError(f"reading the log failed: {page}") from page
-            if not page:
-                return
-            yield from page
-    finally:
-        stop.set()
+            page = fetch(after)
+        except Exception as exc:
+            raise StoreError(f"reading the log failed: {exc}") from exc
+        if not page:
+            return
+        yield from page
+        after = page[-1].id
 
 
 class Row(NamedTuple):
