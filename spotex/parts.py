@@ -13,7 +13,8 @@ The channels, all one way:
 - the engine's positions (request and exchange log), in shared memory, for ``?wait=true``,
   ``/readyz`` and the startup wait;
 - two pipes to this process: "a batch of n committed" from the engine (metrics, waiters) and
-  "a pass committed" from the read models (waiters).
+  "a pass committed, every read model is at position p" from the read models (waiters, which
+  then need no query of the read store).
 
 A child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the parent stops
 it in order — the engine drains every acknowledged request, then the read models catch up — and
@@ -173,7 +174,8 @@ class BackgroundProcess:
 
     The child shares nothing with this process but the database and three small channels: a
     ``wake`` event the engine sets after each committed batch, a ``stop`` event, and a pipe on
-    which the child says "a pass committed" after each one, which wakes ``?wait=true`` waiters.
+    which the child reports each committed pass with the position every read model is at (8
+    bytes; empty while one is not loaded), which ``?wait=true`` waiters go by.
     It ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops when this
     process has drained the engine and sets ``stop``, or when this process is gone.
     """
