@@ -489,7 +489,12 @@ def main() -> int:
     server_env = {"SPOTEX_DATABASE_URL": db_url} if db_url else {}
     if args.asgi_send:
         server_env["SPOTEX_WS_DIRECT"] = "0"
-    server = start_server(Path(tmp.name), server_env)
+    try:
+        server = start_server(Path(tmp.name), server_env)
+    except Exception:
+        if db_url and not args.keep:
+            drop_database(args.url, db_url)  # the server did not start: no scratch database left
+        raise
     pid = server.proc.pid
     apis: list[subprocess.Popen[bytes]] = []
     cap = CpuCap(args.api_cpu) if args.api_cpu else None
