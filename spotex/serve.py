@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from typing import Any
 
 from engine.log import Logs
 from spotex.config import ConfigError, Settings
-from spotex.parts import BackgroundProcess, BackgroundThreads, EngineProcess, EngineThread, Runs
+from spotex.parts import BackgroundProcess, BackgroundThreads, EngineProcess, EngineThread, Runs, settle_heap
 from spotex.wiring import build_logs
 
 log = logging.getLogger("spotex.serve")
@@ -180,18 +179,6 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         background.stop_delivery()
         _shut_down(engine, background, maker, maker_stop, services, logs, store)
     return 0 if engine.failed() is None else 1
-
-
-def settle_heap() -> None:
-    """Move everything built at startup out of the cyclic collector's sight (``gc.freeze``).
-
-    The app, its routes, models and libraries are hundreds of thousands of objects that live as
-    long as the process; every full collection walked them all again — up to ~90 ms with the
-    event loop stopped, eight times in 15 s under ``bench/api.py``: most of the p99. Objects
-    made later are collected as before.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _await_startup(engine: EngineThread | EngineProcess, projections: Runs, services: Any, logs: Logs,
