@@ -140,7 +140,8 @@ def test_a_failing_append_answers_the_500_of_the_error_shape_on_both_paths() -> 
         services = Services(settings=settings, logs=logs, reads=Reads(), fast_path=fast)  # type: ignore[arg-type]
         token = {"Authorization": "Bearer " + issue_token(settings.jwt_secret, ALICE, datetime.now(UTC))}
         with TestClient(create_app(services)) as client:
-            assert client.post("/v1/orders", headers=token, json=buy()).status_code == 202  # learns the market
+            learned = client.post("/v1/orders", headers=token, json=buy())  # the route learns the market
+            assert learned.status_code == 202
 
             def broken(items: Any) -> Any:
                 raise RuntimeError("the store is down")
