@@ -63,6 +63,14 @@ class MeteredSequencer(Sequencer):
         super()._committed(batch, positions)
         self.on_batch(len(batch.stored))
 
+    def decide_the_rest(self) -> None:
+        """After the loop stopped: decide every request already appended (none is lost)."""
+        drained = 0
+        while n := self.step():
+            drained += n
+        log.info("engine drained %s request(s); stopped at request position %s", drained,
+                 self.request_position)
+
 
 class Worker(threading.Thread):
     """A thread that records how it ended, for ``/readyz``."""
@@ -275,11 +283,7 @@ class EngineThread:
         self._stop.set()
         self._worker.join()
         if self._worker.failure is None:
-            drained = 0
-            while n := self.sequencer.step():
-                drained += n
-            log.info("engine drained %s request(s); stopped at request position %s", drained,
-                     self.sequencer.request_position)
+            self.sequencer.decide_the_rest()
 
 
 class EngineProcess:
@@ -407,10 +411,6 @@ def _engine_main(settings: Settings, wake: Any, stop: Any, ready: Any, projectio
     ready.set()
     try:
         sequencer.run(stop, wake, min_idle=0.01)
-        drained = 0
-        while n := sequencer.step():
-            drained += n
-        log.info("engine drained %s request(s); stopped at request position %s", drained,
-                 sequencer.request_position)
+        sequencer.decide_the_rest()
     finally:
         sequencer.close()
