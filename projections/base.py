@@ -94,63 +94,47 @@ def units_str(units: int, precision: int) -> str:
     return f"{digits[:-precision]}.{digits[-precision:]}"
 
 
-class Formats:
-    """One market's decimal strings (``Market.format_price`` / ``format_quantity`` and its quote
-    asset's ``units_str``), remembered: a log repeats a few thousand prices and quantities, and
-    a string is then found instead of computed with ``Decimal``. A miss asks the market, so the
-    strings are the market's own."""
+class Memo:
+    """``f(x)`` remembered for up to ``limit`` arguments (past that the memo starts again): a log
+    repeats a few thousand prices, quantities and amounts, so their strings are found instead of
+    computed with ``Decimal`` each time. A miss asks ``f``, so the strings are ``f``'s own."""
 
-    __slots__ = ("_prices", "_quantities", "_quotes", "limit", "market")
+    __slots__ = ("f", "limit", "memo")
 
-    def __init__(self, market: Market, limit: int = 50_000) -> None:
-        self.market = market
-        self.limit = limit  # entries per kind; past it the memo starts again
-        self._prices: dict[int, str] = {}
-        self._quantities: dict[int, str] = {}
-        self._quotes: dict[int, str] = {}
-
-    def price(self, ticks: int) -> str:
-        s = self._prices.get(ticks)
-        if s is None:
-            if len(self._prices) >= self.limit:
-                self._prices.clear()
-            s = self._prices[ticks] = self.market.format_price(ticks)
-        return s
-
-    def quantity(self, lots: int) -> str:
-        s = self._quantities.get(lots)
-        if s is None:
-            if len(self._quantities) >= self.limit:
-                self._quantities.clear()
-            s = self._quantities[lots] = self.market.format_quantity(lots)
-        return s
-
-    def quote(self, units: int) -> str:
-        s = self._quotes.get(units)
-        if s is None:
-            if len(self._quotes) >= self.limit:
-                self._quotes.clear()
-            s = self._quotes[units] = units_str(units, self.market.quote_precision)
-        return s
-
-
-class Units:
-    """``units_str`` for one precision, remembered (amounts repeat: holds, fees, quantities)."""
-
-    __slots__ = ("limit", "memo", "precision")
-
-    def __init__(self, precision: int, limit: int = 50_000) -> None:
-        self.precision = precision
+    def __init__(self, f: Callable[[int], str], limit: int = 50_000) -> None:
+        self.f = f
         self.limit = limit
         self.memo: dict[int, str] = {}
 
-    def __call__(self, units: int) -> str:
-        s = self.memo.get(units)
+    def __call__(self, x: int) -> str:
+        s = self.memo.get(x)
         if s is None:
             if len(self.memo) >= self.limit:
                 self.memo.clear()
-            s = self.memo[units] = units_str(units, self.precision)
+            s = self.memo[x] = self.f(x)
         return s
+
+
+class Formats:
+    """One market's decimal strings (``Market.format_price`` / ``format_quantity`` and its quote
+    asset's ``units_str``), remembered."""
+
+    __slots__ = ("market", "price", "quantity", "quote")
+
+    def __init__(self, market: Market, limit: int = 50_000) -> None:
+        self.market = market
+        self.price = Memo(market.format_price, limit)
+        self.quantity = Memo(market.format_quantity, limit)
+        self.quote = units_memo(market.quote_precision, limit)
+
+
+def units_memo(precision: int, limit: int = 50_000) -> Memo:
+    """``units_str`` for one precision, remembered (amounts repeat: holds, fees, quantities)."""
+    return Memo(functools.partial(_units_at, precision), limit)
+
+
+def _units_at(precision: int, units: int) -> str:
+    return units_str(units, precision)
 
 
 class Catalog:

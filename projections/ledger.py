@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from engine.log import RecordedOutcome
 from projections.base import (
     Appends,
+    Memo,
     Projection,
     RequestLookup,
-    Units,
     outcome_event_id,
     snake,
+    units_memo,
     words,
 )
 from projections.store import Tx
@@ -37,7 +38,7 @@ class Ledger(Projection):
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
         self.rows = Appends(self.t["ledger"], COLUMNS)
-        self.formats: dict[str, Units] = {}  # asset → its amounts' strings
+        self.formats: dict[str, Memo] = {}  # asset → its amounts' strings
 
     def apply(self, o: RecordedOutcome) -> None:
         event_id: str | None = None
@@ -56,7 +57,7 @@ class Ledger(Projection):
             for account, asset, d_available, d_frozen in postings:
                 units = formats.get(asset)
                 if units is None:
-                    units = formats[asset] = Units(self.catalog.assets[asset])
+                    units = formats[asset] = units_memo(self.catalog.assets[asset])
                 add((
                     position, index, account, asset, kind, ref, event_id, str(d_available),
                     str(d_frozen), units(d_available), units(d_frozen), time,

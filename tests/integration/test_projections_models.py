@@ -555,14 +555,14 @@ def test_market_objects_render_like_the_engine(world: World) -> None:
 
 def test_fast_paths_agree_with_the_slow_ones(world: World) -> None:
     """The hot-path helpers give exactly what the library and the domain give."""
-    from projections.base import Formats, Units, outcome_event_id, units_str
+    from projections.base import Formats, outcome_event_id, units_memo, units_str
     from projections.orders import average_price, average_units
     from projections.runner import LazyOutcome
 
     for o in world.outcomes[:300]:
         assert outcome_event_id(o.request_id) == str(uuid.uuid5(uuid.UUID(o.request_id), "outcome"))
     for precision in (0, 1, 2, 6, 8, 18):
-        remembered = Units(precision, limit=3)  # also across the memo's restarts
+        remembered = units_memo(precision, limit=3)  # also across the memo's restarts
         for units in (0, 1, -1, 5, -123456789, 10**25, -(10**25) - 7, 5, 1, -1):
             assert units_str(units, precision) == format_units(units, precision)
             assert remembered(units) == format_units(units, precision)
