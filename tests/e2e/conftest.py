@@ -8,6 +8,7 @@ temporary data directory; PostgreSQL in a fresh database from ``postgres_url``),
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -82,6 +83,35 @@ def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
             server.proc.kill()
             server.proc.wait()
     return server.proc.returncode
+
+
+@contextlib.contextmanager
+def api_process(data_dir: Path, database_url: str, timeout: float = 90.0) -> Iterator[str]:
+    """A ``spotex api`` process (the api alone) on the same PostgreSQL database as a served
+    exchange: its base URL once ``/healthz`` answers; stopped with SIGTERM on exit."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+    env.update({"SPOTEX_DATABASE_URL": database_url, "SPOTEX_RATE_LIMITS": "off", "PYTHONUNBUFFERED": "1"})
+    log_path = data_dir / f"api-{port}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def backend_env(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:

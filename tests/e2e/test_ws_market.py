@@ -12,10 +12,7 @@ sends exactly the same book updates as the first.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from typing import Any
@@ -23,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Api, Server, free_port, fund, ok
+from tests.e2e.conftest import Api, Server, api_process, fund, ok
 from tests.e2e.ws_client import BookMirror, CandlesMirror, TradesMirror, WsClient, is_type
 
 # A thousand orders on the embedded default; fewer on PostgreSQL to keep CI short (each POST
@@ -235,26 +232,7 @@ def test_every_api_process_sends_the_same_book_stream(request: pytest.FixtureReq
     """A second api process on the same database (``spotex api``) streams identical updates."""
     if "postgres" not in request.node.callspec.id:
         pytest.skip("spotex api runs on PostgreSQL only")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
-    env.update({"SPOTEX_DATABASE_URL": request.getfixturevalue("postgres_url"), "SPOTEX_RATE_LIMITS": "off"})
-    log_path = server.data_dir / "api2.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    second = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(second + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-
+    with api_process(server.data_dir, request.getfixturevalue("postgres_url")) as second:
         async def scenario() -> None:
             async with WsClient(server.url) as one, WsClient(second) as two:
                 for ws in (one, two):
@@ -275,6 +253,3 @@ def test_every_api_process_sends_the_same_book_stream(request: pytest.FixtureReq
                 assert all(streams[0][s] == streams[1][s] for s in common)
 
         asyncio.run(scenario())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

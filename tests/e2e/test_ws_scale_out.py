@@ -17,19 +17,14 @@ Real server processes, the real ``websockets`` client; PostgreSQL only (``spotex
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.conftest import ROOT, Api, Server, free_port, fund, ok, start_server, stop_server
+from tests.e2e.conftest import Api, Server, api_process, fund, ok, start_server, stop_server
 from tests.e2e.test_ws_market import all_trades, converge, random_flow, wait_caught_up
 from tests.e2e.test_ws_user import check_history, order_histories, settle, subscribe_user
 from tests.e2e.ws_client import BookMirror, TradesMirror, WsClient, is_type
@@ -51,29 +46,8 @@ def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def second(server: Server, postgres_url: str) -> Iterator[str]:
     """A second api process, ``spotex api``, on the same database: its base URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
-    env.update({"SPOTEX_DATABASE_URL": postgres_url, "SPOTEX_RATE_LIMITS": "off", "PYTHONUNBUFFERED": "1"})
-    log_path = Path(server.data_dir) / "api2.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "spotex.cli", "api", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+    with api_process(Path(server.data_dir), postgres_url) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
