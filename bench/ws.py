@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._machine import print_machine  # noqa: E402
-from tests.e2e.conftest import Api, free_port, fund, ok, start_server, stop_server  # noqa: E402
+from tests.e2e.conftest import Api, free_port, funded_traders, ok, start_server, stop_server  # noqa: E402
 
 MARKET = "BTC-USDT"
 
@@ -532,12 +532,7 @@ def main() -> int:
             admin.post("/v1/assets?wait=true", {"symbol": symbol, "precision": precision})
         admin.post("/v1/markets?wait=true", {"symbol": MARKET, "base": "BTC", "quote": "USDT",
                                              "tick_size": "0.01", "lot_size": "0.0001"})
-        traders = []
-        for _ in range(2):
-            api, username, _ = anon.onboard("wsbench")
-            fund(admin, username, "USDT", "100000000")
-            fund(admin, username, "BTC", "1000000")
-            traders.append(api)
+        traders = funded_traders(anon, admin, "wsbench")
         for level in range(1, 11):  # a book to trade with: ten levels a side, deep enough
             for side, sign in (("buy", -1), ("sell", 1)):
                 ok(traders[0].post("/v1/orders?wait=true", {

@@ -219,6 +219,17 @@ def fund(admin: Api, username: str, asset: str, amount: str) -> None:
                                              "reference": f"dep-{uuid.uuid4().hex[:12]}"}))
 
 
+def funded_traders(anon: Api, admin: Api, prefix: str, n: int = 2) -> list[Api]:
+    """n new traders, each with 100,000,000 USDT and 1,000,000 BTC: clients logged in as them."""
+    out = []
+    for _ in range(n):
+        api, username, _ = anon.onboard(prefix)
+        fund(admin, username, "USDT", "100000000")
+        fund(admin, username, "BTC", "1000000")
+        out.append(api)
+    return out
+
+
 @pytest.fixture
 def fresh_market(admin: Api, market: str) -> str:
     """A market of its own for one test (a new base asset against USDT), so that no other test's

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Api, Server, api_process, fund, ok
+from tests.e2e.conftest import Api, Server, api_process, funded_traders, ok
 from tests.e2e.ws_client import BookMirror, CandlesMirror, TradesMirror, WsClient, is_type
 
 # A thousand orders on the embedded default; fewer on PostgreSQL to keep CI short (each POST
@@ -30,13 +30,7 @@ FLOW = {"sqlite": 1000, "postgres": 300}
 
 @pytest.fixture(scope="module")
 def traders(anon: Api, admin: Api, market: str) -> list[Api]:
-    out = []
-    for _ in range(2):
-        api, username, _ = anon.onboard("ws")
-        fund(admin, username, "USDT", "100000000")
-        fund(admin, username, "BTC", "1000000")
-        out.append(api)
-    return out
+    return funded_traders(anon, admin, "ws")
 
 
 async def random_flow(url: str, traders: list[Api], market: str, n: int, seed: int,

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Api, Server, api_process, fund, ok, start_server, stop_server
+from tests.e2e.conftest import Api, Server, api_process, fund, funded_traders, ok, start_server, stop_server
 from tests.e2e.test_ws_market import all_trades, converge, random_flow, wait_caught_up
-from tests.e2e.test_ws_user import check_history, order_histories, settle, subscribe_user
+from tests.e2e.test_ws_user import check_history, order_histories, settle, subscribe_user, trade_alternately
 from tests.e2e.ws_client import BookMirror, TradesMirror, WsClient, is_type
 
 pytestmark = pytest.mark.postgres
@@ -52,13 +52,7 @@ def second(server: Server, postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def traders(anon: Api, admin: Api, market: str) -> list[Api]:
-    out = []
-    for _ in range(2):
-        api, username, _ = anon.onboard("wsx")
-        fund(admin, username, "USDT", "100000000")
-        fund(admin, username, "BTC", "1000000")
-        out.append(api)
-    return out
+    return funded_traders(anon, admin, "wsx")
 
 
 def on(url: str, api: Api) -> Api:
@@ -137,24 +131,9 @@ def test_the_user_channel_on_each_process_is_in_order_and_private(
                      "a2": await subscribe_user(a2, a.token or ""),
                      "b2": await subscribe_user(b2, b.token or "")}
             rng = random.Random(11)
-            mine: dict[str, list[str]] = {"a": [], "b": []}
-
-            def flow() -> None:
-                for i in range(120):
-                    who, user = (("a", a), ("b", b))[i % 2]
-                    api = on(rng.choice((server.url, second)), user)
-                    body = {"market": market, "side": rng.choice(("buy", "sell")), "type": "limit",
-                            "price": f"{300 + rng.randint(-4, 4):.2f}",
-                            "quantity": f"{rng.randint(1, 30) / 100:.4f}"}
-                    r = api.post("/v1/orders", body)
-                    assert r.status_code == 202, r.text
-                    mine[who].append(r.json()["order_id"])
-                    if rng.random() < 0.2:
-                        api.delete(f"/v1/orders/{rng.choice(mine[who])}")
-                for user in (a, b):
-                    ok(user.delete(f"/v1/orders?market={market}&wait=true"))
-
-            await asyncio.to_thread(flow)
+            mine = await asyncio.to_thread(
+                trade_alternately, {"a": a, "b": b}, rng, 120, market, 300, 4,
+                lambda who, user: on(rng.choice((server.url, second)), user))  # either process
             got = {"a1": await settle(a1, a), "a2": await settle(a2, on(second, a)),
                    "b2": await settle(b2, on(second, b))}
             for conn, who, user in (("a1", "a", a), ("a2", "a", on(second, a)), ("b2", "b", on(second, b))):

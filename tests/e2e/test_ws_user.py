@@ -17,6 +17,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -60,6 +61,30 @@ async def subscribe_user(ws: WsClient, token: str) -> dict[str, Any]:
 
 def by_kind(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m[kind] for m in messages if m.get("channel") == "user" and m["type"] == kind]
+
+
+def trade_alternately(users: dict[str, Api], rng: random.Random, n: int, market: str, mid: int,
+                      spread: int, pick: Callable[[str, Api], Api] = lambda who, api: api,
+                      ) -> dict[str, list[str]]:
+    """n resting or crossing limit orders, the users taking turns (``pick`` chooses the client
+    each one goes through), about one in five followed by a cancel of one of the user's orders;
+    then each user cancels the rest. Returns each user's order ids."""
+    mine: dict[str, list[str]] = {who: [] for who in users}
+    names = list(users)
+    for i in range(n):
+        who = names[i % len(names)]
+        api = pick(who, users[who])
+        body = {"market": market, "side": rng.choice(("buy", "sell")), "type": "limit",
+                "price": f"{mid + rng.randint(-spread, spread):.2f}",
+                "quantity": f"{rng.randint(1, 30) / 100:.4f}"}
+        r = api.post("/v1/orders", body)
+        assert r.status_code == 202, r.text
+        mine[who].append(r.json()["order_id"])
+        if rng.random() < 0.2:
+            api.delete(f"/v1/orders/{rng.choice(mine[who])}")
+    for api in users.values():
+        ok(api.delete(f"/v1/orders?market={market}&wait=true"))
+    return mine
 
 
 def order_histories(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -183,25 +208,8 @@ def test_a_random_flow_between_two_users_keeps_streams_exact_and_private(
         async with WsClient(server.url) as wa, WsClient(server.url) as wb:
             await subscribe_user(wa, a.token or "")
             await subscribe_user(wb, b.token or "")
-            rng = random.Random(5)
-            mine: dict[str, list[str]] = {"a": [], "b": []}
-
-            def flow() -> None:
-                for i in range(150):
-                    who, api = (("a", a), ("b", b))[i % 2]
-                    side = rng.choice(("buy", "sell"))
-                    price = f"{200 + rng.randint(-5, 5):.2f}"
-                    body = {"market": "BTC-USDT", "side": side, "type": "limit", "price": price,
-                            "quantity": f"{rng.randint(1, 30) / 100:.4f}"}
-                    r = api.post("/v1/orders", body)
-                    assert r.status_code == 202, r.text
-                    mine[who].append(r.json()["order_id"])
-                    if rng.random() < 0.2:
-                        api.delete(f"/v1/orders/{rng.choice(mine[who])}")
-                for api in (a, b):
-                    ok(api.delete("/v1/orders?market=BTC-USDT&wait=true"))
-
-            await asyncio.to_thread(flow)
+            mine = await asyncio.to_thread(trade_alternately, {"a": a, "b": b}, random.Random(5), 150,
+                                           "BTC-USDT", 200, 5)
             got = {"a": await settle(wa, a), "b": await settle(wb, b)}
             for who, api in (("a", a), ("b", b)):
                 histories = order_histories(got[who])
