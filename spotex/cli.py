@@ -55,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = args.command
+    from spotex.config import ConfigError, Settings
+
+    try:  # the environment is read once here first, so every command refuses it the same way
+        Settings.from_env()
+    except ConfigError as exc:
+        print(f"spotex {command}: {exc}", file=sys.stderr)
+        return 2
     if command == "serve":
         from spotex.serve import serve
 

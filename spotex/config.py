@@ -28,7 +28,6 @@ class Settings:
     data_dir: Path = Path("spotex-data")
     database_url: str | None = None
     broker_url: str | None = None
-    kurrentdb_uri: str | None = None
     jwt_secret: str = DEFAULT_JWT_SECRET
     users_file: Path | None = None
     rate_limits: str = "user=50/s,ip=200/s"
@@ -39,11 +38,19 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if environ is None else environ
         users_file = e.get("SPOTEX_USERS_FILE")
+        if e.get("SPOTEX_KURRENTDB_URI"):
+            # Named by API.md for a requests log on KurrentDB (ARCHITECTURE.md, Storage); not built
+            # yet, and no KurrentDB server can run here to test one. Refused, not ignored: an
+            # operator who sets it must not believe the requests go there.
+            raise ConfigError(
+                "SPOTEX_KURRENTDB_URI is set, but this version keeps the requests log in the same "
+                "store as the exchange log (SQLite, or SPOTEX_DATABASE_URL); KurrentDB is not "
+                "supported yet: unset SPOTEX_KURRENTDB_URI"
+            )
         return cls(
             data_dir=Path(e.get("SPOTEX_DATA_DIR") or "spotex-data"),
             database_url=e.get("SPOTEX_DATABASE_URL") or None,
             broker_url=e.get("SPOTEX_BROKER_URL") or None,
-            kurrentdb_uri=e.get("SPOTEX_KURRENTDB_URI") or None,
             jwt_secret=e.get("SPOTEX_JWT_SECRET") or DEFAULT_JWT_SECRET,
             users_file=Path(users_file) if users_file else None,
             rate_limits=e.get("SPOTEX_RATE_LIMITS") or "user=50/s,ip=200/s",
