@@ -35,6 +35,7 @@ from uuid import UUID
 from engine.log import Logs, RecordedOutcome
 from projections.base import Projection, RequestLookup
 from projections.locks import ProjectionLock, acquire_many, release_many
+from projections.pages import decode_outcome, outcome_pages, request_pages
 from projections.registry import PROJECTIONS
 from projections.store import ReadStore, Tx, open_read_store
 from projections.tracking import lock_tracking, record_error, save_tracking
@@ -88,9 +89,10 @@ class LazyOutcome:
 
     __slots__ = ("_decoded", "_logs", "_n", "_names", "position")
 
-    def __init__(self, logs: Logs, notification: Any) -> None:
-        self.position: int = notification.id
-        self._n = notification
+    def __init__(self, logs: Logs, stored: Any) -> None:
+        """``stored``: a ``projections.pages.StoredRow`` or the library's notification."""
+        self.position: int = stored.id
+        self._n = stored
         self._logs = logs
         self._decoded: RecordedOutcome | None = None
         self._names: frozenset[bytes] | None = None
@@ -124,7 +126,7 @@ class LazyOutcome:
 
     def decoded(self) -> RecordedOutcome:
         if self._decoded is None:
-            self._decoded = self._logs.decode_outcome(self._n)
+            self._decoded = decode_outcome(self._logs, self._n)
         return self._decoded
 
 
@@ -147,22 +149,16 @@ def _relevant(events: Sequence[Any], interest: frozenset[bytes] | None) -> list[
 
 
 def log_sources(logs: Logs) -> dict[str, Source]:
-    def read_outcomes(after: int, limit: int, until: int | None) -> Sequence[Any]:
-        page = logs.exchange.select_notifications(
-            start=after, limit=limit, stop=until, inclusive_of_start=False
-        )
-        return [LazyOutcome(logs, n) for n in page]
+    """Both logs, paged by the last position seen (``projections.pages``: read straight from
+    PostgreSQL, through the library elsewhere)."""
+    outcomes = outcome_pages(logs)
 
-    def read_requests(after: int, limit: int, until: int | None) -> Sequence[Any]:
-        page = [
-            logs.decode_request(n)
-            for n in logs.requests.select_notifications(start=after, limit=limit, inclusive_of_start=False)
-        ]
-        return page if until is None else [r for r in page if r.position <= until]
+    def read_outcomes(after: int, limit: int, until: int | None) -> Sequence[Any]:
+        return [LazyOutcome(logs, n) for n in outcomes(after, limit, until)]
 
     return {
         "exchange": Source("exchange", read_outcomes, logs.last_outcome_position),
-        "requests": Source("requests", read_requests, logs.last_request_position),
+        "requests": Source("requests", request_pages(logs), logs.last_request_position),
     }
 
 

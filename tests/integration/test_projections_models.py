@@ -629,3 +629,70 @@ def test_orjson_decoding_gives_what_the_standard_decoder_gives(world: World) -> 
         state = n.state.replace(b'"facts":[', b'"facts":[{"type":"Odd",' + odd + b'},', 1)
         assert exact(loads(state)) == exact(json.loads(state))
         assert loads(state)["facts"][0]["type"] == "Odd"
+
+
+def test_direct_pages_give_what_the_library_gives(world: World) -> None:
+    """The projections read both logs' pages themselves on PostgreSQL (``projections.pages``):
+    page by page, with odd page sizes and a stop, the same positions and the same decoded
+    outcomes and requests as the library's notifications decoded by ``Logs``."""
+    from projections.pages import StoredRow
+    from projections.runner import LazyOutcome
+
+    logs = world.logs
+    sources = log_sources(logs)
+    want_outcomes = [logs.decode_outcome(n) for n in
+                     logs.exchange.select_notifications(start=0, limit=100_000, inclusive_of_start=False)]
+    want_requests = [logs.decode_request(n) for n in
+                     logs.requests.select_notifications(start=0, limit=100_000, inclusive_of_start=False)]
+    assert len(want_outcomes) > 500 and len(want_requests) > 500
+    for source, want in ((sources["exchange"], want_outcomes), (sources["requests"], want_requests)):
+        stop = want[len(want) * 2 // 3].position
+        for until in (None, stop):
+            got: list[Any] = []
+            after = 0
+            while page := source.read(after, 97, until):
+                got += page
+                after = page[-1].position
+            expected = want if until is None else [e for e in want if e.position <= until]
+            assert [e.position for e in got] == [e.position for e in expected]
+            if source.name == "exchange":
+                kinds = {type(e._n) for e in got}
+                assert kinds == ({StoredRow} if world.store.dialect == "postgres" else kinds - {StoredRow})
+                got = [e.decoded() for e in got if isinstance(e, LazyOutcome)]
+            assert got == expected
+
+
+def test_rows_off_the_fast_path_are_decoded_by_the_library(read_backend: Any) -> None:
+    """A stored request or outcome with another transcoded value than its timestamp (here a
+    UUID, which the library's transcoder stores as ``{"_type_": "uuid_hex", …}``) is decoded by
+    ``Logs`` through the library, so a projection sees it as every other reader does."""
+    import json
+    from datetime import UTC, datetime
+
+    from eventsourcing.persistence import StoredEvent
+
+    from engine.log import EXCHANGE_STREAM_ID, Outcome
+    from projections.runner import LazyOutcome
+
+    logs = build_logs(read_backend, create_tables=False)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    plain, odd = uuid.uuid4(), uuid.uuid4()
+    logs.append_request(plain, "a", {"command": "PlaceOrder", "price": "1.00"}, t0)
+    logs.append_request(odd, None, {"command": "CancelOrder", "order_id": odd}, t0 + timedelta(seconds=1))
+    state = {
+        "timestamp": {"_type_": "datetime_iso", "_data_": t0.isoformat()}, "request_id": str(odd),
+        "request_position": 2, "actor": None, "command": "CancelOrder",
+        "facts": [{"type": "CancelRejected", "order_id": {"_type_": "uuid_hex", "_data_": odd.hex}}],
+        "prev_hash": "0" * 64, "hash": "1" * 64,
+    }
+    logs.commit([StoredEvent(EXCHANGE_STREAM_ID, 1, Outcome.TOPIC, json.dumps(state).encode())], 2)
+    sources = log_sources(logs)
+    requests = sources["requests"].read(0, 10, None)
+    assert requests == [logs.decode_request(n) for n in
+                        logs.requests.select_notifications(start=0, limit=10, inclusive_of_start=False)]
+    assert requests[1].command["order_id"] == odd  # the library's UUID, not its stored form
+    [outcome] = sources["exchange"].read(0, 10, None)
+    assert isinstance(outcome, LazyOutcome)
+    [n] = logs.exchange.select_notifications(start=0, limit=10, inclusive_of_start=False)
+    assert outcome.decoded() == logs.decode_outcome(n)
+    assert outcome.decoded().facts[0]["order_id"] == odd
