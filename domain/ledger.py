@@ -1,6 +1,6 @@
 """The double-entry ledger: balances per account and asset, changed only by postings.
 
-A posting is ``(account, asset, available_delta, frozen_delta)``. Every fact that moves money
+A posting is ``[account, asset, available_delta, frozen_delta]``. Every fact that moves money
 carries postings that sum to zero per asset, so the sum over all accounts of each asset is zero
 at every position. User accounts never go negative in either column; system accounts
 (``@custody`` for what is deposited or withdrawn, ``@fees`` for fees) hold the other side.
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 CUSTODY = "@custody"
 FEES = "@fees"
 SYSTEM_ACCOUNTS = (CUSTODY, FEES)
 
-Posting = tuple[str, str, int, int]  # account, asset, available delta, frozen delta
+# A posting as facts carry it: the JSON array [account, asset, available delta, frozen delta]
+# (a list, as the engine makes it and as the decoders give it back). The compiled build checks
+# this annotation at run time, so it must say list.
+Posting = list[Any]
 
 
 @dataclass(frozen=True, slots=True)
