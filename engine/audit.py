@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 from engine.audit_book import BookCheck
 from engine.audit_ledger import LedgerCheck
@@ -51,6 +52,9 @@ from engine.log import GENESIS_HASH, RecordedOutcome, outcome_hash
 PARTS = ("chain", "reexecute", "ledger", "book")
 
 
+# A plain Python class even when this module is compiled (setup.py): the segment workers send
+# their findings back pickled, and a compiled frozen dataclass does not unpickle.
+@mypyc_attr(native_class=False)
 @dataclass(frozen=True, slots=True)
 class AuditViolation:
     """One finding: which log, where, which event, a code (see docs/audit.md) and why."""
@@ -83,7 +87,10 @@ class Unreadable:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+# A plain Python class even when compiled: it subclasses engine.log's RecordedOutcome, which is
+# not compiled, and a compiled class may neither subclass a Python one nor have __slots__.
+@mypyc_attr(native_class=False)
+@dataclass(frozen=True)
 class StoredOutcome(RecordedOutcome):
     """A recorded outcome with the stored bytes of its facts, given by the reader only when the
     stored state has exactly the layout ``engine.log.encode_outcome`` writes around them (checked

@@ -1,0 +1,53 @@
+"""The build under test is the one asked for: compiled (mypyc) or pure Python.
+
+``scripts/test.sh`` runs the engine, domain and audit tests a second time against the compiled
+wheel installed in ``.venv-mypyc``, with ``SPOTEX_EXPECT_COMPILED=1``; everywhere else the
+modules are the checkout's Python files (the editable install). Given the modules ``setup.py``
+compiles, when they are imported here, then each is a C extension inside the installed package
+when compiled is expected — so a checkout earlier on ``sys.path`` (``python -m pytest`` puts the
+working directory first) cannot shadow the build the figures and production run on — and each
+is the checkout's ``.py`` file otherwise, so no stale compiled module is picked up silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compiled_modules() -> list[str]:
+    """``setup.py``'s ``COMPILED`` list, read without running the build."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["COMPILED"]:
+            paths = ast.literal_eval(node.value)
+            return [p.removesuffix(".py").replace("/", ".") for p in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+EXPECT_COMPILED = os.environ.get("SPOTEX_EXPECT_COMPILED", "0")
+
+
+def test_the_compiled_list_names_the_hot_path() -> None:
+    modules = compiled_modules()
+    assert {"engine.exchange", "engine.audit", "domain.ledger"} <= set(modules)
+    for name in modules:
+        assert (ROOT / (name.replace(".", "/") + ".py")).is_file(), name
+
+
+@pytest.mark.parametrize("name", compiled_modules())
+def test_the_module_is_from_the_build_under_test(name: str) -> None:
+    assert EXPECT_COMPILED in ("0", "1"), f"SPOTEX_EXPECT_COMPILED={EXPECT_COMPILED!r}"
+    path = Path(importlib.import_module(name).__file__ or "")
+    if EXPECT_COMPILED == "1":
+        assert path.suffix == ".so", f"{name} imported from {path}, not the compiled build"
+        assert "site-packages" in path.parts, f"{name} imported from {path}, not the installed wheel"
+    else:
+        assert path.suffix == ".py", f"{name} imported from {path}: a compiled module in a pure run"
+        assert path == ROOT / (name.replace(".", "/") + ".py"), f"{name} imported from {path}"
