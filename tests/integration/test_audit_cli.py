@@ -548,7 +548,7 @@ def test_audit_as_the_read_only_role_of_the_docs(
             (line,) = [c for c in console_commands(text) if c[0].startswith("SPOTEX_DATABASE_URL=")]
             env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
             run_command(
-                [f"SPOTEX_DATABASE_URL={role_url}", *line[1:]], {**env, "PYTHONPATH": str(ROOT)}, tmp_path
+                [f"SPOTEX_DATABASE_URL={role_url}", *line[1:]], env, tmp_path
             )
             assert json.loads((tmp_path / "audit.json").read_text())["violations"] == 0
             with psycopg.connect(role_url, autocommit=True) as conn, pytest.raises(psycopg.Error):
@@ -605,7 +605,7 @@ def test_the_docs_commands_run_and_the_json_example_is_true(
     store, _ = recorded
     text = (ROOT / "docs" / "audit.md").read_text()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
-    env.update(store.env, PYTHONPATH=str(ROOT))
+    env.update(store.env)
     commands = [c for c in console_commands(text) if not c[0].startswith("SPOTEX_DATABASE_URL=")]
     assert len(commands) >= 5
     for argv in commands:

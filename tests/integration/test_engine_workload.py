@@ -72,7 +72,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.database_url:
         env["SPOTEX_DATABASE_URL"] = settings.database_url
     env["SPOTEX_DATA_DIR"] = str(settings.data_dir)
-    env["PYTHONPATH"] = str(ROOT)
     return env
 
 
@@ -193,7 +192,7 @@ class EngineProcess:
         self.offset = log_path.stat().st_size if log_path.exists() else 0
         self.log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spotex.cli", "engine"],
+            [sys.executable, "-P", "-m", "spotex.cli", "engine"],  # -P: spotex as installed, not ./
             cwd=ROOT,
             env={**settings_env(settings), **env},
             stdout=self.log,

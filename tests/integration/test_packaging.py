@@ -34,8 +34,9 @@ def test_an_installed_wheel_finds_its_migrations(tmp_path: Path) -> None:
     target = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                             check=True, capture_output=True, text=True).stdout.strip()
     (wheel,) = wheels.glob("spotex-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--prefix", str(venv), str(wheel)],
-                   check=True)
+    # --ignore-installed: with --prefix alone pip uninstalls the running environment's spotex first
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--ignore-installed", "--prefix", str(venv),
+                    str(wheel)], check=True)
     out = subprocess.run([str(python), "-c", PROBE, sysconfig.get_paths()["purelib"]], check=True,
                          capture_output=True, text=True, cwd=tmp_path).stdout
     found = json.loads(out)

@@ -22,7 +22,7 @@ REQUESTS = 3000
 
 
 def start_flow(hash_seed: str, seed: int = 7) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}  # spotex as installed: pure or compiled
     return subprocess.Popen(
         [sys.executable, str(FLOW), str(seed), str(REQUESTS)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
