@@ -7,8 +7,16 @@
 #    whenever pyproject.toml differs from the one last installed (a stamp inside .venv);
 # 2. runs scripts/services.sh (PostgreSQL, Redis, RabbitMQ on 127.0.0.1);
 # 3. runs `ruff check .`;
-# 4. runs `python -m pytest` with the arguments given, and exits with its code, except that
-#    "no tests collected" (pytest's 5) is a failure here: a test run that ran nothing passed nothing.
+# 4. runs `python -m pytest` with the arguments given; a failure ends the run with its code,
+#    and "no tests collected" (pytest's 5) is a failure here: a test run that ran nothing passed
+#    nothing;
+# 5. then, on a full run (no arguments; SPOTEX_TEST_COMPILED=1 forces it, =0 skips it), tests the
+#    compiled build — the one production and the audit figures run on (setup.py, docs/audit.md):
+#    builds the wheel with SPOTEX_MYPYC=1 and installs it into .venv-mypyc (again only when
+#    pyproject.toml, setup.py or a source file of the package changed: a stamp of their hashes),
+#    and runs COMPILED_TESTS there with SPOTEX_EXPECT_COMPILED=1, `python -P` so that the checkout
+#    does not shadow the installed package (tests/unit/test_compiled_build.py checks it did not).
+#    Exits with the first failing code, with the same rule for 5.
 #
 # Defaults (kept if already set): SPOTEX_TEST_DATABASE_URL, SPOTEX_TEST_BROKER_URL,
 # SPOTEX_TEST_REDIS_URL. SPOTEX_SLOW=1 also runs the tests marked `slow`.
@@ -45,10 +53,49 @@ say "ruff check ."
 ruff check .
 
 # --- tests -------------------------------------------------------------------------------------
-rc=0
-python -m pytest "$@" || rc=$?
-if [ "$rc" -eq 5 ]; then
-    say "FAILED: pytest collected no tests (exit code 5); a run that tests nothing is not a pass"
-    exit 1
+run_pytest() {  # python [pytest args...]: exits on failure, 5 included
+    local rc=0
+    "$1" "${@:2}" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        say "FAILED: pytest collected no tests (exit code 5); a run that tests nothing is not a pass"
+        exit 1
+    fi
+    if [ "$rc" -ne 0 ]; then
+        exit "$rc"
+    fi
+}
+run_pytest python -m pytest "$@"
+
+# --- the compiled build ------------------------------------------------------------------------
+# The engine, domain and audit tests (the modules setup.py compiles, and what drives them),
+# unit and integration, SQLite and PostgreSQL.
+COMPILED_TESTS=(
+    tests/unit
+    tests/integration/test_audit_cli.py
+    tests/integration/test_engine_crash.py
+    tests/integration/test_engine_process.py
+    tests/integration/test_engine_snapshots.py
+    tests/integration/test_engine_workload.py
+)
+if [ "${SPOTEX_TEST_COMPILED:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then
+    cstamp=.venv-mypyc/.spotex-built.sha256
+    cwanted=$(find pyproject.toml setup.py README.md domain engine projections api spotex migrations \
+                  -type f \( -name '*.py' -o -name '*.sql' -o -name '*.toml' -o -name '*.md' \) \
+                  -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$cstamp" ] || [ "$(cat "$cstamp")" != "$cwanted" ]; then
+        say "building the compiled wheel (SPOTEX_MYPYC=1) into .venv-mypyc (sources changed)"
+        [ -x .venv-mypyc/bin/python ] || python3 -m venv .venv-mypyc
+        rm -rf .venv-mypyc/wheel "$cstamp"
+        # .venv has the build's requirements (setuptools, mypy pinned as in [build-system]).
+        SPOTEX_MYPYC=1 .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps \
+            --no-build-isolation -w .venv-mypyc/wheel .
+        .venv-mypyc/bin/python -m pip uninstall -q -y --disable-pip-version-check spotex 2>/dev/null || true
+        wheel=$(echo .venv-mypyc/wheel/spotex-*.whl)
+        .venv-mypyc/bin/python -m pip install -q --disable-pip-version-check "$wheel[dev]"
+        echo "$cwanted" >"$cstamp"
+    fi
+    say "the compiled build: ${COMPILED_TESTS[*]}"
+    VIRTUAL_ENV="$PWD/.venv-mypyc" PATH="$PWD/.venv-mypyc/bin:$PATH" SPOTEX_EXPECT_COMPILED=1 \
+        run_pytest .venv-mypyc/bin/python -P -m pytest "${COMPILED_TESTS[@]}"
 fi
-exit "$rc"
+exit 0
