@@ -2,7 +2,12 @@
 
     .venv/bin/python bench/audit.py [--url postgresql://postgres@127.0.0.1:5432] [-n 1000000]
                                     [--db spotex_bench_audit] [--rebuild] [--phases 200000]
-                                    [--jobs J] [--skip-full]
+                                    [--jobs J] [--skip-full] [--installed]
+
+The compiled build (``SPOTEX_MYPYC=1``, ``docs/audit.md``) is measured from a virtualenv it is
+installed in, with ``--installed``: ``spotex`` is then imported as installed, not from this
+checkout (which is otherwise first on ``sys.path``). The output says which modules ran, compiled
+or Python, and where from.
 
 1. Makes sure the scratch database ``--db`` holds a complete log of N requests and their N
    outcomes, built with the real engine (``bench/engine.py``'s seeded workload: limit orders near
@@ -23,10 +28,12 @@
 Figures go to stdout; ``docs/performance.md`` records them with the machine.
 """
 
+# ruff: noqa: E402 - which spotex is imported (the checkout or the installed build) is chosen first
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import io
 import json
 import os
@@ -37,7 +44,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This checkout first, unless the installed spotex (e.g. the compiled build) is the one to measure:
+# then its packages are imported first, from the installation (bench.engine puts the checkout first
+# on sys.path; submodules then still come from the packages already imported), and the checkout
+# only lends ``bench``. The segment workers run this module again, so they do the same.
+ROOT = str(Path(__file__).resolve().parent.parent)
+INSTALLED = "--installed" in sys.argv[1:]
+if INSTALLED:
+    # not this script's directory either: its engine.py would be imported as ``engine``
+    sys.path[:] = [p for p in sys.path if p not in (ROOT, os.path.join(ROOT, "bench"))] + [ROOT]
+    for _package in ("api", "domain", "engine", "projections", "spotex"):
+        importlib.import_module(_package)
+else:
+    sys.path.insert(0, ROOT)
 
 from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, server_info
@@ -47,6 +66,10 @@ from engine.sequencer import Sequencer
 from spotex import audit_cli
 from spotex.config import Settings
 from spotex.wiring import build_logs
+
+if INSTALLED:
+    while sys.path[0] == ROOT:
+        sys.path.pop(0)
 
 
 class ApiWorkload(Workload):
@@ -191,6 +214,21 @@ def streaming(settings: Settings, until: int) -> tuple[int, float]:
     return report["outcomes"], time.process_time() - started
 
 
+def build_info() -> str:
+    """Which build runs: the compiled modules (``setup.py``'s list) that are C extensions."""
+    names = ["domain.ledger", "engine.exchange", "engine.handlers", "engine.trading", "engine.book",
+             "engine.appliers", "engine.audit", "engine.audit_reexec", "engine.audit_ledger",
+             "engine.audit_book", "engine.audit_decode", "spotex.audit_cli"]
+    files = {n: str(importlib.import_module(n).__file__) for n in names}
+    compiled = [n for n, f in files.items() if f.endswith(".so")]
+    where = os.path.dirname(os.path.dirname(files["engine.exchange"]))
+    if not compiled:
+        return f"build: pure Python (from {where})"
+    python = [n for n in names if n not in compiled]
+    return (f"build: compiled with mypyc (from {where}): {len(compiled)} of {len(names)} audit-path modules "
+            f"are C extensions" + (f"; Python: {', '.join(python)}" if python else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432", help="the PostgreSQL server")
@@ -200,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phases", type=int, default=200_000, help="outcomes timed per phase (0: skip)")
     p.add_argument("--skip-full", action="store_true", help="only the phases")
     p.add_argument("--jobs", type=int, default=None, help="processes for the audit (default: CPUs)")
+    p.add_argument("--installed", action="store_true",
+                   help="measure spotex as installed in this Python (the compiled build), not this checkout")
     args = p.parse_args(argv)
     print_machine()
+    print(build_info())
     settings = ensure_log(args.url, args.db, args.n, args.rebuild)
     print(server_info(settings))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
