@@ -21,7 +21,7 @@ COLUMNS = (
 
 class Balances(Projection):
     name = "balances"
-    rebuild_cost = 75
+    rebuild_cost = 4
     interest = words("postings")
     tables = {"balances": ("account", "asset")}
     uses_catalog = True

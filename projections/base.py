@@ -385,9 +385,11 @@ class Projection:
     # The fact types it reads, as they appear in the stored JSON; outcomes that name none of
     # them are skipped without being decoded (their position is still tracked). None: all.
     interest: ClassVar[frozenset[bytes] | None] = None
-    # Relative CPU cost of a rebuild (µs per outcome, measured by bench/projections.py): how
-    # ``rebuild --processes`` balances its groups.
-    rebuild_cost: ClassVar[int] = 50
+    # What it adds to a rebuild of all 14: µs per outcome of its fold, rendering and writing
+    # (py-spy over bench/projections.py, 2026-11-30; the exchange log's reading and decoding,
+    # ~21 µs, is paid once per process whatever the group). How a parallel rebuild balances
+    # its groups.
+    rebuild_cost: ClassVar[int] = 5
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         self.t = {logical: names.get(logical, logical) for logical in self.tables}

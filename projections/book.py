@@ -24,7 +24,7 @@ CHANGE = ("market", "sequence", "side", "price", "quantity", "price_str", "quant
 
 class Book(Projection):
     name = "book"
-    rebuild_cost = 110
+    rebuild_cost = 14
     interest = words("OrderBooked", "TradeExecuted", "OrderAmended", "OrderClosed")
     # in the order queries read them (book(): state, then levels): the swap locks them so
     tables = {

@@ -25,7 +25,7 @@ BIG = ("open", "high", "low", "close", "volume", "quote_volume")
 
 class Candles(Projection):
     name = "candles"
-    rebuild_cost = 45
+    rebuild_cost = 4
     interest = words("TradeExecuted")
     tables = {"candles": ("market", "period", "open_time")}
     uses_catalog = True

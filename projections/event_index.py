@@ -22,7 +22,7 @@ REJECTIONS = ("OrderRejected", "AmendRejected", "CancelRejected", "RequestReject
 
 class OutcomeIndex(Projection):
     name = "outcome_index"
-    rebuild_cost = 45
+    rebuild_cost = 7
     tables = {"outcome_index": ("request_id",)}
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
@@ -61,7 +61,7 @@ class OutcomeIndex(Projection):
 
 class RequestIndex(Projection):
     name = "request_index"
-    rebuild_cost = 30
+    rebuild_cost = 10  # with reading its log, which no other projection reads
     source = "requests"
     tables = {"request_index": ("event_id",)}
 

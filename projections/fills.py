@@ -21,7 +21,7 @@ COLUMNS = (
 
 class Fills(Projection):
     name = "fills"
-    rebuild_cost = 40
+    rebuild_cost = 7
     interest = words("TradeExecuted")
     tables = {"fills": ("trade_id", "liquidity")}
     uses_catalog = True

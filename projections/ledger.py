@@ -30,7 +30,7 @@ REF_FIELDS = ("order_id", "trade_id", "deposit_id", "withdrawal_id", "transfer_i
 
 class Ledger(Projection):
     name = "ledger"
-    rebuild_cost = 105
+    rebuild_cost = 17
     interest = words("postings")
     tables = {"ledger": ("position", "fact_index", "account", "asset")}
     uses_catalog = True

@@ -20,7 +20,7 @@ MARKET_COLUMNS = (
 
 class Markets(Projection):
     name = "markets"
-    rebuild_cost = 8
+    rebuild_cost = 1
     interest = words("AssetListed", "MarketListed", "MarketStatusChanged", listings=False)
     tables = {"assets": ("symbol",), "markets": ("symbol",)}
 

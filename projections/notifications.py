@@ -26,7 +26,7 @@ CLOSED = {"filled": "order_filled", "cancelled": "order_cancelled", "expired": "
 
 class Notifications(Projection):
     name = "notifications"
-    rebuild_cost = 50
+    rebuild_cost = 5
     interest = words("OrderClosed", "OrderRejected", "Deposited", "WithdrawalCompleted", "WithdrawalFailed")
     tables = {"notifications": ("notification_id",)}
     uses_catalog = True

@@ -72,7 +72,7 @@ def average_units(filled_quote: int, filled_lots: int, lot_size: str) -> int:
 
 class Orders(Projection):
     name = "orders"
-    rebuild_cost = 130
+    rebuild_cost = 19
     interest = words(
         "OrderAccepted", "OrderRejected", "TradeExecuted", "OrderBooked", "OrderAmended", "OrderClosed"
     )

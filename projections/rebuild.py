@@ -362,27 +362,32 @@ def _replay_group(
 
 
 def _replay_parallel(
-    settings: Settings, besides: Sequence[Beside], until: dict[str, int] | None, processes: int,
-    progress: Progress | None,
+    settings: Settings, logs: Logs, besides: Sequence[Beside], until: dict[str, int] | None,
+    processes: int, progress: Progress | None,
 ) -> None:
-    """``_replay`` spread over processes, one group of projections each (each process reads
-    and decodes the logs for its own group). A projection that stopped at an event raises
-    here, as the serial replay's follower would."""
+    """``_replay`` spread over processes, one group of projections each: the first group in
+    this process (no interpreter to start and import for it), each other one in a child (each
+    reads and decodes the logs for its own group). A projection that stopped at an event
+    raises here, as the serial replay's follower would."""
     by_name = {b.name: b for b in besides}
     groups = split([b.cls for b in besides], processes)
+    here = [by_name[c.name] for c in groups[0]]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(groups), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max(1, len(groups) - 1), mp_context=ctx) as pool:
         futures = []
-        for group in groups:
+        for group in groups[1:]:
             members = [(c.name, by_name[c.name].follower.name, by_name[c.name].shadows) for c in group]
             label = None
             if progress is not None:
                 label = f"{besides[0].purpose} [{', '.join(c.name for c in group)}]"
             futures.append(pool.submit(_replay_group, settings, members, until, label))
+        _replay(logs, here, until, progress)
         results: dict[str, tuple[int, str] | None] = {}
         for future in futures:
             results.update(future.result())
     for b in besides:
+        if any(b is h for h in here):
+            continue
         b.follower.reset()  # its position is where the child left the tracking row
         stopped = results.get(b.follower.name)
         if stopped is not None:
@@ -462,7 +467,7 @@ def _replay_any(
     progress: Progress | None, parallel: Parallel | None,
 ) -> None:
     if parallel is not None and parallel.applies(store, besides):
-        _replay_parallel(parallel.settings, besides, until, parallel.processes, progress)
+        _replay_parallel(parallel.settings, logs, besides, until, parallel.processes, progress)
     else:
         _replay(logs, besides, until, progress)
 

@@ -63,7 +63,7 @@ def render_stats(m: Market, last: int | None, stats: Mapping[str, Any]) -> dict[
 
 class Ticker(Projection):
     name = "ticker"
-    rebuild_cost = 30
+    rebuild_cost = 3
     interest = words("TradeExecuted")
     tables = {"tickers": ("market",), "ticker_buckets": ("market", "minute")}
     uses_catalog = True

@@ -16,7 +16,7 @@ COLUMNS = (
 
 class Trades(Projection):
     name = "trades"
-    rebuild_cost = 35
+    rebuild_cost = 4
     interest = words("TradeExecuted")
     tables = {"trades": ("trade_id",)}
     uses_catalog = True

@@ -15,7 +15,7 @@ from projections.store import Tx
 
 class Users(Projection):
     name = "users"
-    rebuild_cost = 5
+    rebuild_cost = 1
     interest = words("UserRegistered", listings=False)
     tables = {"users": ("user_id",)}
 

@@ -27,7 +27,7 @@ def _text(value: Any) -> str | None:
 
 class Withdrawals(Projection):
     name = "withdrawals"
-    rebuild_cost = 6
+    rebuild_cost = 1
     interest = words("WithdrawalRequested", "WithdrawalCompleted", "WithdrawalFailed", "RequestWithdrawal")
     tables = {"withdrawals": ("withdrawal_id",)}
     uses_catalog = True
