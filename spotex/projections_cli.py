@@ -14,8 +14,9 @@
   differing rows.
 
 On PostgreSQL, rebuilding or verifying several projections replays them in
-``SPOTEX_REBUILD_PROCESSES`` processes (default: half the usable cores, at most 4 — the other
-half is for PostgreSQL; 1 = in this process), each a group of projections of about equal cost.
+``SPOTEX_REBUILD_PROCESSES`` processes (default: one per usable core, at most 4 — see
+``projections.rebuild.default_processes``; 1 = in this process), each a group of projections of
+about equal cost.
 
 Long runs print progress on stderr; results go to stdout.
 """
@@ -157,7 +158,7 @@ def _status(store: Any, logs: Any) -> int:
 
 
 def _parallel(settings: Settings) -> Any:
-    from projections.rebuild import Parallel
+    from projections.rebuild import Parallel, default_processes
 
     raw = os.environ.get("SPOTEX_REBUILD_PROCESSES")
     if raw:
@@ -168,9 +169,7 @@ def _parallel(settings: Settings) -> Any:
         if processes < 1:
             raise ConfigError(f"SPOTEX_REBUILD_PROCESSES must be at least 1, not {processes}")
     else:
-        # half the cores: the database works as hard as the folds (on 2 vCPUs shared with
-        # PostgreSQL, 2 processes were no faster than 1: docs/performance.md)
-        processes = max(1, min(4, len(os.sched_getaffinity(0)) // 2))
+        processes = default_processes(len(os.sched_getaffinity(0)))
     return Parallel(settings, processes)
 
 

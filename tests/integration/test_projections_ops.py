@@ -534,6 +534,22 @@ def test_cli_migrate_status_rebuild_verify(
     assert "SPOTEX_REBUILD_PROCESSES must be a whole number" in capsys.readouterr().err
 
 
+def test_a_parallel_rebuild_takes_one_process_per_core_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without ``SPOTEX_REBUILD_PROCESSES``: one process per usable core, at most 4 (two cores
+    measured faster with two: docs/performance.md); the variable overrides it."""
+    from spotex.projections_cli import _parallel
+
+    monkeypatch.delenv("SPOTEX_REBUILD_PROCESSES", raising=False)
+    settings = Settings(database_url="postgresql://nowhere/none")
+    for cores, processes in ((1, 1), (2, 2), (3, 3), (4, 4), (16, 4)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert _parallel(settings).processes == processes
+    monkeypatch.setenv("SPOTEX_REBUILD_PROCESSES", "1")
+    assert _parallel(settings).processes == 1
+
+
 def test_status_shows_a_stopped_projection_and_exits_1(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
