@@ -401,8 +401,13 @@ class Projection:
     def keyed_tables(cls) -> frozenset[str]:
         """The tables its fold reads back, rewrites or deletes from by key (``Keyed``); the
         others it only appends to (``Appends``)."""
-        instance = cls({})
-        return frozenset(v.table for v in vars(instance).values() if isinstance(v, Keyed))
+        return frozenset(k.table for k in cls({}).keyed())
+
+    def keyed(self) -> list[Keyed]:
+        """Its ``Keyed`` tables, found among its attributes (by name: a class compiled by
+        mypyc keeps its attributes in slots, without a ``__dict__`` for ``vars``)."""
+        found = (getattr(self, name) for name in dir(self) if not name.startswith("__"))
+        return [value for value in found if isinstance(value, Keyed)]
 
     # -- private state --------------------------------------------------------------------
 
@@ -429,9 +434,8 @@ class Projection:
     def start_fresh(self) -> None:
         """Called on a new instance whose tables are known to be empty (a rebuild's copies at
         position 0): its keyed tables then need no reads while they fit in memory."""
-        for value in vars(self).values():
-            if isinstance(value, Keyed):
-                value.start_fresh()
+        for table in self.keyed():
+            table.start_fresh()
 
     def begin(self, tx: Tx, events: Sequence[Any]) -> None:
         """Prefetch what the batch touches (default: nothing)."""
