@@ -101,7 +101,6 @@ class StoredOutcome(RecordedOutcome):
     facts_json: str | bytes | None = None
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much
 class Undecided:
     """A stored outcome whose head is decoded and whose facts are not, yet: the reader
     (``engine.audit_decode.decode_outcome_head``) gives one when the stored state is laid out
@@ -111,8 +110,12 @@ class Undecided:
     ``Audit`` decides it before anything else is checked: it re-executes the request the
     outcome answers, and when the canonical bytes of the re-executed facts are the stored facts'
     bytes, the recorded facts *are* those facts (the same JSON), so they are taken as they are
-    and never parsed; otherwise ``decode`` gives what the full decoder makes of the stored
-    event, exactly as if it had been decoded in the first place."""
+    and never parsed: ``facts`` is set to them and this object is then audited as the outcome
+    (it has every field of a ``RecordedOutcome``). Otherwise ``decode()`` gives what the full
+    decoder makes of the stored event, exactly as if it had been decoded in the first place.
+
+    A plain class with its own ``__init__``, not a dataclass: compiled (setup.py), a dataclass's
+    generated ``__init__`` stays interpreted, and one is made per outcome."""
 
     position: int
     seq: int
@@ -124,22 +127,36 @@ class Undecided:
     prev_hash: str
     hash: str
     facts_json: bytes
-    decode: Callable[[], StoredOutcome | Unreadable]
+    facts: list[dict[str, Any]]  # set when decided, never before
 
-    def with_facts(self, facts: list[dict[str, Any]]) -> StoredOutcome:
-        return StoredOutcome(
-            self.position,
-            self.seq,
-            self.time,
-            self.request_id,
-            self.request_position,
-            self.actor,
-            self.command,
-            facts,
-            self.prev_hash,
-            self.hash,
-            self.facts_json,
-        )
+    def __init__(
+        self,
+        position: int,
+        seq: int,
+        time: str,
+        request_id: str,
+        request_position: int,
+        actor: str | None,
+        command: str | None,
+        prev_hash: str,
+        hash: str,
+        facts_json: bytes,
+        decoder: Callable[[Any], StoredOutcome | Unreadable],
+        stored: Any,
+    ) -> None:
+        self.position, self.seq, self.time = position, seq, time
+        self.request_id, self.request_position = request_id, request_position
+        self.actor, self.command = actor, command
+        self.prev_hash, self.hash, self.facts_json = prev_hash, hash, facts_json
+        self.decoder, self.stored = decoder, stored
+
+    def decode(self) -> StoredOutcome | Unreadable:
+        """The stored event decoded in full."""
+        return self.decoder(self.stored)
+
+
+# What the checks take: a decoded outcome, or an Undecided whose facts were decided.
+Outcome = RecordedOutcome | Undecided
 
 
 Progress = Callable[[int, int], None]  # (outcomes audited, exchange position)
@@ -165,7 +182,7 @@ def scalar_json(value: Any) -> str:
 
 
 
-def _chain_hash(o: RecordedOutcome) -> str:
+def _chain_hash(o: Outcome) -> str:
     facts_json = getattr(o, "facts_json", None)
     if facts_json is None:
         body = _encode([o.seq, o.request_id, o.request_position, o.time, o.actor, o.command, o.facts])
@@ -243,7 +260,7 @@ class Audit:
     def run(
         self,
         requests: Iterable[RequestRecord | Unreadable],
-        outcomes: Iterable[RecordedOutcome | Undecided | Unreadable],
+        outcomes: Iterable[Outcome | Unreadable],
     ) -> Iterator[AuditViolation]:
         if "reexecute" in self.parts:
             self.reexec = Reexecution(iter(requests), self.snapshots, self.start)
@@ -279,13 +296,15 @@ class Audit:
             )
             yield from self._record(found)
 
-    def _decide(self, o: Undecided) -> StoredOutcome | Unreadable:
-        """The stored outcome with its facts: the re-executed ones when their canonical bytes are
-        the stored ones, else the stored event decoded in full (see ``Undecided``)."""
+    def _decide(self, o: Undecided) -> Outcome | Unreadable:
+        """The stored outcome with its facts: itself with the re-executed ones when their
+        canonical bytes are the stored ones, else the stored event decoded in full (see
+        ``Undecided``)."""
         if self.reexec is not None:
             executed = self.reexec.execute_ahead(o.request_position)
             if executed is not None and canonical_facts(executed) == o.facts_json:
-                return o.with_facts(executed)
+                o.facts = executed
+                return o
         return o.decode()
 
     def _record(self, found: list[AuditViolation]) -> Iterator[AuditViolation]:
@@ -295,7 +314,7 @@ class Audit:
                 self.first_violation = v
             yield v
 
-    def _reporter(self, o: RecordedOutcome | None, found: list[AuditViolation]) -> Callable[..., None]:
+    def _reporter(self, o: Outcome | None, found: list[AuditViolation]) -> Callable[..., None]:
         seq = o.seq if o is not None else None
         answers = o.request_position if o is not None else None
         default_position = o.position if o is not None else self.last_position
@@ -312,7 +331,7 @@ class Audit:
 
         return v
 
-    def _outcome(self, o: RecordedOutcome, found: list[AuditViolation]) -> None:
+    def _outcome(self, o: Outcome, found: list[AuditViolation]) -> None:
         v = self._reporter(o, found)
         if "chain" in self.parts:
             self._chain(o, v)
@@ -356,7 +375,7 @@ class Audit:
         """The order, deposit, withdrawal and transfer ids first applied in this run."""
         return self.ledger.ids.difference(self.seeded_ids)
 
-    def _chain(self, o: RecordedOutcome, v: Callable[..., None]) -> None:
+    def _chain(self, o: Outcome, v: Callable[..., None]) -> None:
         expected = self.last_seq + 1
         if o.seq > expected:
             v(

@@ -22,7 +22,6 @@ is still checked over the stored bytes, never over re-encoded ones.
 from __future__ import annotations
 
 import re
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -138,7 +137,8 @@ def decode_outcome_head(n: Any) -> Undecided | StoredOutcome | Unreadable:
             tail[1].decode(),
             tail[2].decode(),
             state[head.end() - 1 : end],
-            partial(decode_outcome, n),
+            decode_outcome,
+            n,
         )
     except UnicodeDecodeError:
         return decode_outcome(n)

@@ -23,11 +23,13 @@ re-executed state must pass ``Exchange.check_invariants`` (``engine_invariant``)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain.commands import COMMANDS, request_id_for
 from engine.exchange import Exchange, RequestRecord, canonical
-from engine.log import RecordedOutcome
+
+if TYPE_CHECKING:
+    from engine.audit import Outcome
 
 Fact = dict[str, Any]
 Report = Callable[..., None]  # (code, message, log=…, position=…, event_id=…)
@@ -59,7 +61,7 @@ class Reexecution:
     def _next(self) -> None:
         self.pending = next(self.reqs, None)
 
-    def outcome(self, o: RecordedOutcome, v: Report) -> None:
+    def outcome(self, o: Outcome, v: Report) -> None:
         """Pair the outcome with its request, re-execute it and compare; see the module doc."""
         while self.pending is not None and self.pending.position < o.request_position:
             self.skip(self.pending, v)
@@ -152,13 +154,13 @@ class Reexecution:
         self.ahead = (r.position, facts, error)
         return facts
 
-    def apply_recorded(self, o: RecordedOutcome, v: Report) -> None:
+    def apply_recorded(self, o: Outcome, v: Report) -> None:
         try:
             self.engine.apply_all(o.facts)
         except Exception as exc:
             v("engine_error", f"applying the recorded facts raised {exc!r}")
 
-    def check_request(self, r: RequestRecord, o: RecordedOutcome, v: Report) -> None:
+    def check_request(self, r: RequestRecord, o: Outcome, v: Report) -> None:
         name = r.command.get("command")
         got = (r.request_id, r.time, r.actor, name if isinstance(name, str) else None)
         want = (o.request_id, o.time, o.actor, o.command)
@@ -188,7 +190,7 @@ class Reexecution:
                     event_id=r.request_id,
                 )
 
-    def check_snapshot(self, o: RecordedOutcome, v: Report) -> None:
+    def check_snapshot(self, o: Outcome, v: Report) -> None:
         snap = self.snapshots.pop(o.seq, None)
         if snap is None:
             return

@@ -489,10 +489,12 @@ def test_an_honest_log_is_decided_without_decoding_a_single_fact() -> None:
     undecided = [o for o in heads if isinstance(o, Undecided)]
     assert len(undecided) == len(heads)
 
-    def refuse() -> Any:
+    def refuse(_stored: Any) -> Any:
         raise AssertionError("decoded in full")
 
-    assert audit(requests, [replace(o, decode=refuse) for o in undecided]) == []
+    for o in undecided:
+        o.decoder = refuse
+    assert audit(requests, undecided) == []
 
 
 @pytest.mark.parametrize("how", ["head escaped", "facts not objects"])
