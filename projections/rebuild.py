@@ -453,12 +453,12 @@ def rebuild(
 def default_processes(cores: int) -> int:
     """How many processes a parallel rebuild uses by default: one per usable core, at most 4.
 
-    Measured on 2 vCPUs shared with PostgreSQL (docs/performance.md): 2 processes cost ~30 %
-    more CPU in all (each reads and decodes the exchange log for its own group) and were 12–40 %
-    faster than 1 while the rest of the machine was quiet (load average up to ~2.7), 4–15 %
-    slower while other work kept it at 3.5–5.5. A rebuild is an operator's job on a machine
-    that is not otherwise saturated, so the default takes the cores. Past 4 the reading and
-    decoding paid by each process and the database's share leave little to gain."""
+    Measured on 2 vCPUs shared with PostgreSQL (docs/performance.md): 2 processes cost ~20–30 %
+    more CPU in all (each reads and decodes the exchange log for its own group) and, in 19
+    back-to-back pairs on a machine shared with other sessions, were faster in 11 (up to +40 %)
+    and slower in 8 (down to −15 %, while other work held the cores): median +7 %. Left to the
+    rebuild and its database, two pay. Past 4 the reading and decoding paid by each process
+    and the database's share leave little to gain."""
     return max(1, min(4, cores))
 
 
