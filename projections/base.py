@@ -234,7 +234,6 @@ class Keyed:
         self.tx: Tx | None = None
         cols = ", ".join(self.columns)
         self._select = f"SELECT {cols} FROM {table}"
-        self._delete = f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = ?" for k in self.key)
 
     def _row(self, values: Sequence[Any]) -> Row:
         row = dict(zip(self.columns, values, strict=True))
@@ -346,7 +345,7 @@ class Keyed:
             else:
                 inserts.append(values)
                 stored.add(key)
-        tx.executemany(self._delete, deletes)
+        tx.delete_in(self.table, self.key, deletes)
         tx.upsert_many(self.table, columns, self.key, upserts)
         tx.insert_many(self.table, columns, inserts)
         self.dirty.clear()

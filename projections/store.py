@@ -115,8 +115,30 @@ class Tx:
         self, sql_head: str, key_columns: Sequence[str], keys: Iterable[tuple[Any, ...]]
     ) -> list[Any]:
         """``sql_head WHERE (k1, k2) IN (VALUES …)`` for many keys, in chunks."""
-        keys = list(keys)
         out: list[Any] = []
+        for where, params in self._in_chunks(key_columns, keys):
+            out.extend(self.fetchall(f"{sql_head} WHERE {where}", params))
+        return out
+
+    def delete_in(self, table: str, key_columns: Sequence[str], keys: Sequence[tuple[Any, ...]]) -> None:
+        """Delete the rows with these keys: on PostgreSQL one ``DELETE … WHERE (k1, k2) IN
+        (VALUES …)`` per chunk of keys (a rebuild deletes ~22,000 book rows, one statement each
+        cost ~2 µs of client and more of the server's CPU per outcome); on SQLite one statement
+        per key, as before (its text-affine columns compare with a bound key as they always
+        did)."""
+        if not keys:
+            return
+        if self.dialect != "postgres":
+            where = " AND ".join(f"{k} = ?" for k in key_columns)
+            self.executemany(f"DELETE FROM {table} WHERE {where}", keys)
+            return
+        for where, params in self._in_chunks(key_columns, keys):
+            self.execute(f"DELETE FROM {table} WHERE {where}", params)
+
+    def _in_chunks(
+        self, key_columns: Sequence[str], keys: Iterable[tuple[Any, ...]]
+    ) -> Iterator[tuple[str, list[Any]]]:
+        keys = list(keys)
         width = len(key_columns)
         chunk = max(1, SQLITE_CHUNK // width) if self.dialect == "sqlite" else 1000
         cols = ", ".join(key_columns)
@@ -131,8 +153,7 @@ class Tx:
                 marks = ", ".join([one] * len(part))
                 params = [v for k in part for v in k]
                 where = f"({cols}) IN (VALUES {marks})"
-            out.extend(self.fetchall(f"{sql_head} WHERE {where}", params))
-        return out
+            yield where, params
 
 
 class ReadStore:
