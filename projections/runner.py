@@ -22,6 +22,7 @@ first error — over our own tracking table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -128,6 +129,17 @@ class LazyOutcome:
         if self._decoded is None:
             self._decoded = decode_outcome(self._logs, self._n)
         return self._decoded
+
+    @property
+    def is_decoded(self) -> bool:
+        return self._decoded is not None
+
+    def decode_ahead(self) -> None:
+        """Decode now if it decodes; if not, the projection that needs it will try again and
+        stop there, as it would have without this (one it does not interest never fails)."""
+        if self._decoded is None:
+            with contextlib.suppress(Exception):
+                self._decoded = decode_outcome(self._logs, self._n)
 
 
 _TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
@@ -334,6 +346,7 @@ def catch_up(
     """
     active = [f for f in followers if f.source == source.name]
     applied = pages = 0
+    decode_first = False
     while active and not (stop is not None and stop.is_set()):
         after = min(f.current_position() for f in active)
         if until is not None and after >= until:
@@ -341,6 +354,9 @@ def catch_up(
         page = source.read(after, batch, until)
         if not page:
             break
+        if decode_first:
+            for e in page:
+                e.decode_ahead()
         behind = [f for f in active if f.position is None or f.position < page[-1].position]
         together = _together(behind, page, after) if len(behind) > 1 else None
         if together is not None:
@@ -352,11 +368,24 @@ def catch_up(
                 except ProjectionFailed:
                     active.remove(f)
         pages += 1
+        decode_first = _mostly_decoded(page)
         if progress is not None:
             progress(source.name, page[-1].position, applied)
         if max_pages is not None and pages >= max_pages:
             break
     return applied
+
+
+def _mostly_decoded(page: Sequence[Any]) -> bool:
+    """The followers decoded at least 90 % of this page's outcomes: then the next page is
+    decoded first. An outcome's names for the interest filters come from its decoded facts
+    (~2 µs) instead of a search of its bytes (~4.6 µs) that nearly every outcome would follow
+    with its decoding anyway (~11 µs), as in a rebuild whose group lacks ``outcome_index``,
+    which decodes everything first. The names are the same either way (a test)."""
+    if not page or not isinstance(page[0], LazyOutcome):
+        return False
+    decoded = sum(1 for e in page if e.is_decoded)
+    return decoded * 10 >= len(page) * 9
 
 
 def _together(followers: Sequence[Follower], page: Sequence[Any], after: int) -> int | None:

@@ -696,3 +696,25 @@ def test_rows_off_the_fast_path_are_decoded_by_the_library(read_backend: Any) ->
     [n] = logs.exchange.select_notifications(start=0, limit=10, inclusive_of_start=False)
     assert outcome.decoded() == logs.decode_outcome(n)
     assert outcome.decoded().facts[0]["order_id"] == odd
+
+
+def test_decoding_ahead_leaves_an_undecodable_outcome_to_the_projection_that_needs_it(
+    world: World,
+) -> None:
+    """Once a page was mostly decoded, the runner decodes the next one first; an outcome that
+    does not decode is then left undecoded (no error), and only a projection that needs it
+    stops at it, as before."""
+    from projections.pages import StoredRow
+    from projections.runner import LazyOutcome, _mostly_decoded
+
+    state = b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-01-01T00:00:00+00:00"}, nope'
+    broken = LazyOutcome(world.logs, StoredRow(1, None, 1, "spotex:Outcome", state))
+    broken.decode_ahead()
+    assert not broken.is_decoded and broken.names() is not None
+    with pytest.raises(ValueError):
+        broken.decoded()
+    page = log_sources(world.logs)["exchange"].read(0, 20, None)
+    assert not _mostly_decoded(page)
+    for e in page[:18]:
+        e.decode_ahead()
+    assert _mostly_decoded(page)
