@@ -78,6 +78,7 @@ COMPILED_TESTS=(
     tests/integration/test_engine_workload.py
 )
 if [ "${SPOTEX_TEST_COMPILED:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then
+    compiled_started=$SECONDS
     cstamp=.venv-mypyc/.spotex-built.sha256
     cwanted=$(find pyproject.toml setup.py README.md domain engine projections api spotex migrations \
                   -type f \( -name '*.py' -o -name '*.sql' -o -name '*.toml' -o -name '*.md' \) \
@@ -93,9 +94,11 @@ if [ "${SPOTEX_TEST_COMPILED:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then
         wheel=$(echo .venv-mypyc/wheel/spotex-*.whl)
         .venv-mypyc/bin/python -m pip install -q --disable-pip-version-check "$wheel[dev]"
         echo "$cwanted" >"$cstamp"
+        say "compiled wheel built and installed in $((SECONDS - compiled_started)) s"
     fi
     say "the compiled build: ${COMPILED_TESTS[*]}"
     VIRTUAL_ENV="$PWD/.venv-mypyc" PATH="$PWD/.venv-mypyc/bin:$PATH" SPOTEX_EXPECT_COMPILED=1 \
         run_pytest .venv-mypyc/bin/python -P -m pytest "${COMPILED_TESTS[@]}"
+    say "the compiled build's stage took $((SECONDS - compiled_started)) s"
 fi
 exit 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,17 @@ def test_the_module_is_from_the_build_under_test(name: str) -> None:
     else:
         assert path.suffix == ".py", f"{name} imported from {path}: a compiled module in a pure run"
         assert path == ROOT / (name.replace(".", "/") + ".py"), f"{name} imported from {path}"
+
+
+def test_what_the_segment_workers_exchange_unpickles() -> None:
+    """``spotex audit --jobs`` sends each worker a ``Segment`` and gets ``AuditViolation``s back,
+    pickled: one that does not unpickle leaves the pool waiting for ever. A compiled frozen
+    dataclass does not (``FrozenInstanceError``), hence ``mypyc_attr(native_class=False)`` on
+    ``AuditViolation``; without it this test fails in the compiled build."""
+    from engine.audit import AuditViolation
+    from spotex.audit_cli import Segment
+
+    found = AuditViolation("exchange", 7, "r-7", "chain_break", "prev_hash differs", 7, 6)
+    segment = Segment({"seq": 100}, None, {100: {"seq": 100}})
+    assert pickle.loads(pickle.dumps(found)) == found
+    assert pickle.loads(pickle.dumps(segment)) == segment
