@@ -256,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"= {events:,} events in {r['wall']:.1f} s: {r['outcomes'] / r['wall']:,.0f} outcomes/s, "
               f"{events / r['wall']:,.0f} events/s")
         print(f"  facts {sum(r['facts'].values()):,} ({r['facts']})")
-        print(f"  snapshots checked {r['snapshots_checked']}; violations {r['violations']}")
+        print(f"  snapshots checked {r['snapshots_checked']}; violations {r['violations']}; "
+              f"state hash {r.get('state_hash')}; head hash {r.get('head_hash')}")
         print(f"  {r['segments']} segments on {r['jobs']} worker processes; seconds: {r['seconds']}")
         per = r["cpu"] / r["outcomes"] * 1e6
         print(f"  CPU: {r['cpu']:.1f} s in all processes = {per:.0f} µs per outcome; "
