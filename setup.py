@@ -51,4 +51,7 @@ def ext_modules() -> list[object]:
     return list(mypycify(COMPILED, opt_level="3", debug_level="0"))
 
 
-setup(ext_modules=ext_modules())
+compiled = ext_modules()
+# A compiled build keeps its own build directory: a pure build of the same tree must never pack
+# the extensions a compiled one left in build/lib.
+setup(ext_modules=compiled, options={"build": {"build_base": "build/mypyc"}} if compiled else {})
