@@ -453,12 +453,13 @@ def rebuild(
 def default_processes(cores: int) -> int:
     """How many processes a parallel rebuild uses by default: one per usable core, at most 4.
 
-    Measured on 2 vCPUs shared with PostgreSQL (docs/performance.md): 2 processes cost ~20–30 %
-    more CPU in all (each reads and decodes the exchange log for its own group) and, in 19
-    back-to-back pairs on a machine shared with other sessions, were faster in 11 (up to +40 %)
-    and slower in 8 (down to −15 %, while other work held the cores): median +7 %. Left to the
-    rebuild and its database, two pay. Past 4 the reading and decoding paid by each process
-    and the database's share leave little to gain."""
+    Measured on 2 vCPUs shared with PostgreSQL and other sessions (docs/performance.md): 2
+    processes cost ~20 % more CPU in all (each reads and decodes the exchange log for its own
+    group); in 27 back-to-back pairs they were faster in 14 (up to +40 %, with the rest of the
+    machine quiet) and slower in 13 (down to −15 %, with other work on a core): mean +7 %. On a
+    machine busy with other work, ``SPOTEX_REBUILD_PROCESSES=1`` is the cheaper choice. Past 4
+    the reading and decoding paid by each process and the database's share leave little to
+    gain."""
     return max(1, min(4, cores))
 
 

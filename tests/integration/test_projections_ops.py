@@ -538,7 +538,7 @@ def test_a_parallel_rebuild_takes_one_process_per_core_by_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without ``SPOTEX_REBUILD_PROCESSES``: one process per usable core, at most 4 (two cores
-    measured faster with two: docs/performance.md); the variable overrides it."""
+    measured: docs/performance.md); the variable overrides it."""
     from spotex.projections_cli import _parallel
 
     monkeypatch.delenv("SPOTEX_REBUILD_PROCESSES", raising=False)
