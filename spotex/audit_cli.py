@@ -21,6 +21,8 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,16 +309,16 @@ def merge_segments(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_segments(
-    segments: list[Segment], until: int | None, tracked: int | None, jobs: int
+    segments: list[Segment], until: int | None, tracked: int | None, jobs: int, err: TextIO | None = None
 ) -> tuple[list[AuditViolation], dict[str, Any]]:
     """The segments on ``jobs`` processes; from the first one that is not clean (a finding, or
     an id applied in an earlier segment too) one run in this process to the end.
 
-    At most one segment per worker is in flight, and the pool is never terminated: killing a
-    worker while it sends its result leaves the result queue's lock taken for good, and the
-    pool's own threads then wait on it forever (an audit of a tampered log was seen to hang
-    so). When a segment is not clean, the segments still running are left to finish (at most
-    one per worker; their results are dropped) while the rest is audited here.
+    At most one segment per worker is in flight. When a segment is not clean, the segments
+    still running are left to finish (at most one per worker; their results are dropped) while
+    the rest is audited here. A worker that dies (killed, out of memory) breaks the pool: the
+    segments from the first one without a result are then audited here too, and ``err`` says
+    so, where ``multiprocessing.Pool`` would have waited for the lost result for ever.
     """
     n = len(segments)
     reports: list[dict[str, Any]] = []
@@ -324,36 +326,37 @@ def run_segments(
     if jobs < 2 or n < 2:
         return _audit_rest(segments, 0, until, tracked, seen, reports)
     workers = min(jobs, n)
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        pending: dict[int, Any] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict[int, Future[tuple[list[AuditViolation], dict[str, Any], list[str]]]] = {}
         submitted = 0
 
         def submit() -> None:
             nonlocal submitted
             while submitted < n and len(pending) < workers:
                 i = submitted
-                pending[i] = pool.apply_async(
-                    audit_segment, (segments[i], until, tracked, (), f"audit[segment {i + 1}/{n}]"))
+                pending[i] = pool.submit(
+                    audit_segment, segments[i], until, tracked, (), f"audit[segment {i + 1}/{n}]")
                 submitted += 1
 
-        submit()
         dirty = None
         for i in range(n):
-            found, report, ids = pending.pop(i).get()
+            try:
+                submit()
+                found, report, ids = pending.pop(i).result()
+            except BrokenProcessPool as exc:
+                print(f"audit: a worker process died ({exc}); auditing from segment {i + 1}/{n} "
+                      "in this process", file=err or sys.stderr)
+                dirty = i
+                break
             if found or not seen.isdisjoint(ids):
                 dirty = i
                 break
             seen.update(ids)
             reports.append(report)
-            submit()
-        pool.close()
-        if dirty is None:
-            return [], merge_segments(reports)
-        return _audit_rest(segments, dirty, until, tracked, seen, reports)
-    finally:
-        pool.close()
-        pool.join()
+    # The pool is shut down here: the segments left running have finished (or died with it).
+    if dirty is None:
+        return [], merge_segments(reports)
+    return _audit_rest(segments, dirty, until, tracked, seen, reports)
 
 
 def _audit_rest(segments: list[Segment], dirty: int, until: int | None, tracked: int | None,
@@ -385,7 +388,7 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
     jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
     segments = plan_segments(snapshots, size)
     try:
-        kept, report = run_segments(segments, args.until, tracked, jobs)
+        kept, report = run_segments(segments, args.until, tracked, jobs, err)
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
         return 2

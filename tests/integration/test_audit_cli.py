@@ -22,14 +22,17 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 import psycopg
@@ -371,6 +374,62 @@ def test_the_audit_in_segments_finds_what_one_run_finds(
     if how == "outcome deleted 100":  # segments 1 and 2 stand; from 3 on, one run
         runs = {"audit[segment 1/4]", "audit[segment 2/4]", "audit[from segment 3/4]", "total"}
         assert set(split["seconds"]) == runs
+
+
+def spawned_workers() -> list[int]:
+    """This process's children that are multiprocessing's spawned workers (not its resource tracker)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError, PermissionError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"spawn_main" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_worker_killed_mid_segment_leaves_the_rest_to_this_process(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given the audit on two workers, each holding a segment (held there by a lock on the
+    exchange log's table, taken once the workers exist, so after the parent's own reads), when
+    one is SIGKILLed (as the OOM killer would), then the audit neither waits for ever for the
+    lost segment nor drops it: it says so and audits the rest itself, with the report of an
+    audit in one process."""
+    store, _ = recorded
+    if store.kind != "postgres":
+        pytest.skip("a worker is held mid-segment by a PostgreSQL table lock")
+    code, alone = run_audit(capsys, "--jobs", "1")
+    assert code == 0 and alone["segments"] == 4
+    result: dict[str, Any] = {}
+    audit = threading.Thread(
+        target=lambda: result.update(code=main(["audit", "--json", "--jobs", "2"])), daemon=True)
+    with psycopg.connect(str(store.settings.database_url)) as lock:
+        audit.start()
+        deadline = monotonic() + 60
+        while len(workers := spawned_workers()) < 2 and monotonic() < deadline and audit.is_alive():
+            sleep(0.002)
+        lock.execute("LOCK TABLE exchange_events IN ACCESS EXCLUSIVE MODE")
+        assert len(workers) == 2, "the audit did not start its two workers"
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s"
+        waiting += " AND datname = current_database()"
+        with psycopg.connect(str(store.settings.database_url), autocommit=True) as watch:
+            while watch.execute(waiting, (lock.info.backend_pid,)).fetchone() != (2,):
+                assert monotonic() < deadline, "the workers never reached the exchange log"
+                sleep(0.01)
+        os.kill(workers[0], signal.SIGKILL)
+        lock.rollback()  # the lock goes
+    audit.join(120)
+    assert not audit.is_alive(), "the audit waits for ever for the killed worker's segment"
+    out, err = capsys.readouterr()
+    split = json.loads(out)
+    assert result["code"] == 0 and "a worker process died" in err
+    keys = ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests", "violations")
+    assert {k: split[k] for k in keys} == {k: alone[k] for k in keys}
 
 
 @pytest.mark.parametrize("how", ["rewritten", "bytes"])
