@@ -121,9 +121,10 @@ class BinaryPostgresProcessRecorder(PostgresProcessRecorder):
         )
 
 
-def _timestamp_only(state: bytes) -> dict[str, Any] | None:
+def timestamp_only(state: bytes) -> dict[str, Any] | None:
     """The stored state as the Mapper would decode it, when the timestamp is its only
-    transcoded value (the one ``"_type_"`` in the bytes); None: let the Mapper decode it."""
+    transcoded value (the one ``"_type_"`` in the bytes); None: let the Mapper decode it.
+    ``Logs`` decodes with it, and ``projections.pages`` the rows it reads itself."""
     if state.count(_TYPE_KEY) != 1:
         return None
     data = loads(state)
@@ -361,7 +362,7 @@ class Logs:
 
     def decode_request(self, n: Notification) -> RequestRecord:
         """One request as the engine reads it; the same as through the Mapper, only faster."""
-        data = _timestamp_only(n.state) if n.topic == Request.TOPIC else None
+        data = timestamp_only(n.state) if n.topic == Request.TOPIC else None
         if data is None:
             event = self._decode_request(n)
             return RequestRecord(
@@ -400,7 +401,7 @@ class Logs:
         return self.exchange.max_notification_id() or 0
 
     def decode_outcome(self, n: Notification) -> RecordedOutcome:
-        data = _timestamp_only(n.state) if n.topic == Outcome.TOPIC else None
+        data = timestamp_only(n.state) if n.topic == Outcome.TOPIC else None
         if data is not None:
             return RecordedOutcome(
                 n.id,

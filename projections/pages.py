@@ -7,8 +7,8 @@ So on PostgreSQL the projections read the rows themselves — the statement the 
 (``notification_id > after ORDER BY notification_id LIMIT n``: ids may have gaps, pages go by
 the last id seen, never by arithmetic; rows past a stop are dropped) — and decode them as
 ``engine.log.Logs.decode_outcome`` / ``decode_request`` do on their fast path: the timestamp as
-the only transcoded value (exactly one ``"_type_"`` in the bytes), the JSON by
-``engine.jsondecode.loads``, the time as ``datetime.fromisoformat(...).isoformat()``. Any other
+the only transcoded value (``engine.log.timestamp_only``, the very function ``Logs`` uses), the
+time then as its ISO string, as ``Logs`` gives it. Any other
 row (another topic, more transcoded values) is read again through the library and decoded by
 ``Logs`` itself, so what a projection sees is what ``Logs`` would give, value for value (a test
 compares both over a whole log). Other stores (SQLite, POPO) are read through the library.
@@ -17,18 +17,13 @@ compares both over a whole log). Other stores (SQLite, POPO) are read through th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from engine.exchange import RequestRecord
-from engine.jsondecode import loads
-from engine.log import Logs, Outcome, RecordedOutcome, Request
-
-_TYPE_KEY = b'"_type_"'
-_fromiso = datetime.fromisoformat
+from engine.log import Logs, Outcome, RecordedOutcome, Request, timestamp_only
 
 
 class StoredRow(NamedTuple):
@@ -75,18 +70,11 @@ def pg_fetch(recorder: Any, stream_id: bool) -> Fetch | None:
 
 
 def _timestamp_only(row: StoredRow, topic: str) -> dict[str, Any] | None:
-    """The stored state decoded, its timestamp as an ISO string, when the timestamp is its only
-    transcoded value; None: let ``Logs`` decode it (``engine.log``'s rule, the same test)."""
-    state = row.state
-    if row.topic != topic or state.count(_TYPE_KEY) != 1:
-        return None
-    data = loads(state)
-    if not isinstance(data, dict):
-        return None
-    ts = data.get("timestamp")
-    if not isinstance(ts, dict) or len(ts) != 2 or ts.get("_type_") != "datetime_iso":
-        return None
-    data["timestamp"] = _fromiso(ts["_data_"]).isoformat()
+    """The stored state decoded by ``engine.log.timestamp_only`` (the rule ``Logs`` decodes by),
+    its timestamp as an ISO string; None: let ``Logs`` decode it."""
+    data = timestamp_only(row.state) if row.topic == topic else None
+    if data is not None:
+        data["timestamp"] = data["timestamp"].isoformat()
     return data
 
 
