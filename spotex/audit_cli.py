@@ -379,9 +379,16 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
         engine_position, requests_head = logs.engine_position(), logs.last_request_position()
         tracked = engine_position if args.until is None or args.until >= last else None
         snapshots, found = read_snapshots(logs)
+        published = getattr(args, "anchor", None) or ()
+        anchors = [(position, digest, stored_hash(logs, position)) for position, digest in published]
         close_logs(logs)
     except StoreError as exc:
         print(f"audit: {exc}", file=err)
+        return 2
+    beyond = [position for position, _, _ in anchors if args.until is not None and position > args.until]
+    if beyond:
+        print(f"audit: --anchor at position {beyond[0]} is beyond --until {args.until}: not audited",
+              file=err)
         return 2
     started = time.perf_counter()
     size = min(last, args.until) if args.until is not None else last
@@ -397,8 +404,11 @@ def audit(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | Non
     report["jobs"], report["segments"] = min(jobs, len(segments)), len(segments)
     # Requests after the engine's tracking position are not consumed yet: pending, not missing.
     report["engine_tracking_position"], report["requests_log_head"] = engine_position, requests_head
+    anchored = check_anchors(anchors)
+    report["anchors"] = [{"position": p, "hash": h, "holds": s == h} for p, h, s in anchors]
     found += kept
-    report["violations"] += len(found) - len(kept)  # plus the snapshot checksums read first
+    found += anchored
+    report["violations"] += len(found) - len(kept)  # plus the snapshot checksums read first, the anchors
     report["events_per_second"] = round((report["outcomes"] + report["requests"]) / max(seconds, 1e-9))
     first = found[0] if found else None
     if getattr(args, "json", False):
@@ -424,6 +434,9 @@ def _print_audit(
         file=out,
     )
     print(f"head hash {r['head_hash']}  state hash {r['state_hash']}", file=out)
+    if r["anchors"]:
+        held = sum(a["holds"] for a in r["anchors"])
+        print(f"anchors: {held} of {len(r['anchors'])} published head hashes found in the chain", file=out)
     print("facts: " + ", ".join(f"{k} {v:,}" for k, v in r["facts"].items()), file=out)
     for asset, row in r["assets"].items():
         p = r["precisions"].get(asset, 0)
@@ -442,6 +455,55 @@ def _print_audit(
         print(f"  {v}", file=out)
     if r["violations"] > LISTED:
         print(f"  … and {r['violations'] - LISTED:,} more (--json lists up to {JSON_LISTED:,})", file=out)
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``POSITION:HASH`` of ``--anchor``: an exchange-log position and the sha256 (64 hex digits)
+    published for the outcome there."""
+    position, _, digest = text.partition(":")
+    digest = digest.strip().lower()
+    if not position.strip().isdigit() or int(position) < 1 or len(digest) != 64 or not all(
+        c in "0123456789abcdef" for c in digest
+    ):
+        raise argparse.ArgumentTypeError(
+            f"expected POSITION:HASH (a position of the exchange log, 1 or more, and the 64 hex "
+            f"digits of the hash published for the outcome there), got {text!r}"
+        )
+    return int(position), digest
+
+
+def stored_hash(logs: Logs, position: int) -> str | None:
+    """The chain hash stored with the outcome at ``position``; None when there is none (or it
+    does not decode: the audit reports that event itself)."""
+    try:
+        found = logs.exchange.select_notifications(start=position, limit=1, stop=position)
+    except Exception as exc:
+        raise StoreError(f"cannot read the exchange log at position {position}: {exc}") from exc
+    if not found:
+        return None
+    try:
+        return str(logs.decode_outcome(found[0]).hash)
+    except Exception:
+        return None
+
+
+def check_anchors(anchors: Sequence[tuple[int, str, str | None]]) -> list[AuditViolation]:
+    """A head hash published earlier (``--anchor``) must still be the chain's hash at its
+    position: the chain alone cannot show a log rewritten from some point on, or truncated
+    together with its tracking row; a hash kept elsewhere can."""
+    found = []
+    for position, published, stored in anchors:
+        if stored is None:
+            found.append(AuditViolation(
+                "exchange", position, None, "anchor_missing",
+                f"no readable outcome at position {position}, where the head hash {published} was "
+                "published: the log was truncated or rewritten before it"))
+        elif stored != published:
+            found.append(AuditViolation(
+                "exchange", position, None, "anchor_mismatch",
+                f"the outcome at position {position} has the hash {stored}, not the published "
+                f"{published}: the chain was rewritten at or before it"))
+    return found
 
 
 def first_affected(first: AuditViolation, found: list[AuditViolation]) -> str:

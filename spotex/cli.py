@@ -12,6 +12,12 @@ import sys
 from collections.abc import Sequence
 
 
+def _anchor(text: str) -> tuple[int, str]:
+    from spotex.audit_cli import parse_anchor  # lazily: the parser must not load the audit
+
+    return parse_anchor(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spotex", description="An event-sourced, ledger-first spot exchange.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--until", type=int, metavar="POSITION")
     audit.add_argument("--json", action="store_true")
     audit.add_argument("--jobs", type=int, metavar="N", help="processes for the segments (default: CPUs)")
+    audit.add_argument(
+        "--anchor", action="append", metavar="POSITION:HASH", type=_anchor,
+        help="a head hash published earlier: the outcome at POSITION must still have it (repeatable)",
+    )
 
     replay = sub.add_parser("replay", help="balances and book as of a position or time")
     replay.add_argument("--at", required=True, metavar="POSITION|TIME")

@@ -459,6 +459,80 @@ def test_a_changed_outcome_is_named_at_its_position(
     assert f"FIRST affected: exchange log position {position}" in capsys.readouterr().out
 
 
+def test_published_head_hashes_hold_on_the_untouched_log(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    middle, last = live[len(live) // 2][0], live[-1][0]
+    anchors = [f"{p}:{store.state('exchange', p)['hash']}" for p in (middle, last)]
+    code, report = run_audit(capsys, "--anchor", anchors[0], "--anchor", anchors[1].upper())
+    assert code == 0, report["violation_list"]
+    assert [(a["position"], a["holds"]) for a in report["anchors"]] == [(middle, True), (last, True)]
+    assert main(["audit", "--anchor", anchors[0]]) == 0
+    assert "anchors: 1 of 1 published head hashes found in the chain" in capsys.readouterr().out
+
+
+def test_a_tail_truncated_with_its_tracking_row_is_caught_only_by_a_published_head(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chain cannot show that its last outcomes were deleted together with the engine's
+    tracking row (the requests then look pending); a head hash published before can."""
+    store, live = recorded
+    head = live[-1][0]
+    published = f"{head}:{store.state('exchange', head)['hash']}"
+    kept = live[-6][0]
+    answered = store.state("exchange", kept)["request_position"]
+    with store.sql("exchange") as run:
+        run("DELETE FROM {t} WHERE {p} > ?", kept)
+        tracking = "tracking" if store.kind == "sqlite" else "exchange_tracking"
+        run(f"UPDATE {tracking} SET notification_id = ?", answered)
+    code, report = run_audit(capsys)
+    assert code == 0 and report["last_position"] == kept  # the truncation alone passes
+    code, report = run_audit(capsys, "--anchor", published)
+    first = report["first_violation"]
+    assert code == 1 and report["violations"] == 1
+    assert (first["log"], first["position"], first["code"]) == ("exchange", head, "anchor_missing")
+    wrong = f"{kept}:{'0' * 64}"
+    code, report = run_audit(capsys, "--anchor", wrong)
+    assert code == 1 and report["first_violation"]["code"] == "anchor_mismatch"
+    assert report["first_violation"]["position"] == kept
+
+
+def test_the_docs_publish_and_check_a_head_as_pasted(
+    recorded: tuple[Store, list[Any]], tmp_path: Path
+) -> None:
+    """docs/audit.md's ```sh block, run by bash in one session as a reader would paste it."""
+    store, live = recorded
+    (block,) = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "audit.md").read_text(), re.S)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTEX_")}
+    env.update(store.env, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    head = live[-1][0]
+    assert (tmp_path / "anchor.txt").read_text().strip() == f"{head}:{store.state('exchange', head)['hash']}"
+    assert "anchors: 1 of 1 published head hashes found in the chain" in done.stdout
+
+
+@pytest.mark.parametrize("bad", ["12", "x:" + "a" * 64, "0:" + "a" * 64, "5:abc", "5:" + "g" * 64])
+def test_a_malformed_anchor_is_refused_before_anything_is_read(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["audit", "--anchor", bad])
+    assert stopped.value.code == 2 and "expected POSITION:HASH" in capsys.readouterr().err
+
+
+def test_an_anchor_beyond_until_is_refused(
+    recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, live = recorded
+    head = live[-1][0]
+    anchor = f"{head}:{store.state('exchange', head)['hash']}"
+    assert main(["audit", "--until", str(live[10][0]), "--anchor", anchor]) == 2
+    assert f"--anchor at position {head} is beyond --until" in capsys.readouterr().err
+
+
 def test_a_deleted_outcome_breaks_the_chain_at_the_next_position(
     recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
