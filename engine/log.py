@@ -188,6 +188,23 @@ class RecordedOutcome:
     hash: str
 
 
+def recorded_outcome(position: int, seq: int, data: dict[str, Any]) -> RecordedOutcome:
+    """The outcome at ``position`` from its stored state as ``timestamp_only`` decodes it (the
+    fast path of ``Logs.decode_outcome``, and of ``projections.pages`` for the rows it reads)."""
+    return RecordedOutcome(
+        position,
+        seq,
+        data["timestamp"].isoformat(),
+        data["request_id"],
+        data["request_position"],
+        data["actor"],
+        data["command"],
+        data["facts"],
+        data["prev_hash"],
+        data["hash"],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     seq: int
@@ -403,18 +420,7 @@ class Logs:
     def decode_outcome(self, n: Notification) -> RecordedOutcome:
         data = timestamp_only(n.state) if n.topic == Outcome.TOPIC else None
         if data is not None:
-            return RecordedOutcome(
-                n.id,
-                n.originator_version,
-                data["timestamp"].isoformat(),
-                data["request_id"],
-                data["request_position"],
-                data["actor"],
-                data["command"],
-                data["facts"],
-                data["prev_hash"],
-                data["hash"],
-            )
+            return recorded_outcome(n.id, n.originator_version, data)
         o = self.mapper.to_domain_event(n)
         assert isinstance(o, Outcome)
         return RecordedOutcome(

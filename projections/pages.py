@@ -7,11 +7,10 @@ So on PostgreSQL the projections read the rows themselves — the statement the 
 (``notification_id > after ORDER BY notification_id LIMIT n``: ids may have gaps, pages go by
 the last id seen, never by arithmetic; rows past a stop are dropped) — and decode them as
 ``engine.log.Logs.decode_outcome`` / ``decode_request`` do on their fast path: the timestamp as
-the only transcoded value (``engine.log.timestamp_only``, the very function ``Logs`` uses), the
-time then as its ISO string, as ``Logs`` gives it. Any other
-row (another topic, more transcoded values) is read again through the library and decoded by
-``Logs`` itself, so what a projection sees is what ``Logs`` would give, value for value (a test
-compares both over a whole log). Other stores (SQLite, POPO) are read through the library.
+the only transcoded value, by the very functions ``Logs`` uses (``engine.log.timestamp_only``,
+``recorded_outcome``). Any other row (another topic, more transcoded values) is read again
+through the library and decoded by ``Logs`` itself, so what a projection sees is what ``Logs``
+would give, value for value (a test compares both over a whole log). Other stores (SQLite, POPO) are read through the library.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from engine.exchange import RequestRecord
-from engine.log import Logs, Outcome, RecordedOutcome, Request, timestamp_only
+from engine.log import Logs, Outcome, RecordedOutcome, Request, recorded_outcome, timestamp_only
 
 
 class StoredRow(NamedTuple):
@@ -70,12 +69,9 @@ def pg_fetch(recorder: Any, stream_id: bool) -> Fetch | None:
 
 
 def _timestamp_only(row: StoredRow, topic: str) -> dict[str, Any] | None:
-    """The stored state decoded by ``engine.log.timestamp_only`` (the rule ``Logs`` decodes by),
-    its timestamp as an ISO string; None: let ``Logs`` decode it."""
-    data = timestamp_only(row.state) if row.topic == topic else None
-    if data is not None:
-        data["timestamp"] = data["timestamp"].isoformat()
-    return data
+    """The stored state decoded by ``engine.log.timestamp_only`` (the rule ``Logs`` decodes by);
+    None: let ``Logs`` decode it."""
+    return timestamp_only(row.state) if row.topic == topic else None
 
 
 def _notification(recorder: Any, position: int) -> Any:
@@ -93,18 +89,7 @@ def decode_outcome(logs: Logs, row: Any) -> RecordedOutcome:
     data = _timestamp_only(row, Outcome.TOPIC)
     if data is None:
         return logs.decode_outcome(_notification(logs.exchange, row.id))
-    return RecordedOutcome(
-        row.id,
-        row.originator_version,
-        data["timestamp"],
-        data["request_id"],
-        data["request_position"],
-        data["actor"],
-        data["command"],
-        data["facts"],
-        data["prev_hash"],
-        data["hash"],
-    )
+    return recorded_outcome(row.id, row.originator_version, data)
 
 
 def decode_request(logs: Logs, row: Any) -> RequestRecord:
@@ -114,7 +99,9 @@ def decode_request(logs: Logs, row: Any) -> RequestRecord:
     data = _timestamp_only(row, Request.TOPIC)
     if data is None or row.originator_id is None:
         return logs.decode_request(_notification(logs.requests, row.id))
-    return RequestRecord(row.originator_id, row.id, data["timestamp"], data["actor"], data["command"])
+    return RequestRecord(
+        row.originator_id, row.id, data["timestamp"].isoformat(), data["actor"], data["command"]
+    )
 
 
 def outcome_pages(logs: Logs) -> Callable[[int, int, int | None], Sequence[Any]]:
