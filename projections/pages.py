@@ -10,7 +10,8 @@ the last id seen, never by arithmetic; rows past a stop are dropped) — and dec
 the only transcoded value, by the very functions ``Logs`` uses (``engine.log.timestamp_only``,
 ``recorded_outcome``). Any other row (another topic, more transcoded values) is read again
 through the library and decoded by ``Logs`` itself, so what a projection sees is what ``Logs``
-would give, value for value (a test compares both over a whole log). Other stores (SQLite, POPO) are read through the library.
+would give, value for value (a test compares both over a whole log). Other stores (SQLite,
+POPO) are read through the library.
 """
 
 from __future__ import annotations
