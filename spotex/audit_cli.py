@@ -353,10 +353,11 @@ def run_segments(
                 break
             seen.update(ids)
             reports.append(report)
-    # The pool is shut down here: the segments left running have finished (or died with it).
-    if dirty is None:
-        return [], merge_segments(reports)
-    return _audit_rest(segments, dirty, until, tracked, seen, reports)
+        if dirty is None:
+            return [], merge_segments(reports)
+        # Inside the pool's block: the segments still running finish beside this run, and the
+        # pool is shut down (waiting for them) only after it.
+        return _audit_rest(segments, dirty, until, tracked, seen, reports)
 
 
 def _audit_rest(segments: list[Segment], dirty: int, until: int | None, tracked: int | None,
