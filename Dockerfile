@@ -10,14 +10,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md MANIFEST.in ./
+COPY _build ./_build
 COPY domain ./domain
 COPY engine ./engine
 COPY projections ./projections
 COPY api ./api
 COPY spotex ./spotex
 COPY migrations ./migrations
-# The build requirements (setuptools, mypy for mypyc) come from [build-system] in pyproject.toml.
+# The build requirements: setuptools from [build-system] in pyproject.toml, and mypy (for mypyc),
+# which _build/backend.py adds because SPOTEX_MYPYC=1 is set.
 RUN SPOTEX_MYPYC=1 pip wheel --no-deps -w /wheels .
 
 # --- the image ---------------------------------------------------------------------------------

@@ -80,14 +80,15 @@ COMPILED_TESTS=(
 if [ "${SPOTEX_TEST_COMPILED:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then
     compiled_started=$SECONDS
     cstamp=.venv-mypyc/.spotex-built.sha256
-    cwanted=$(find pyproject.toml setup.py README.md domain engine projections api spotex migrations \
+    cwanted=$(find pyproject.toml setup.py README.md _build domain engine projections api spotex migrations \
                   -type f \( -name '*.py' -o -name '*.sql' -o -name '*.toml' -o -name '*.md' \) \
                   -not -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
     if [ ! -f "$cstamp" ] || [ "$(cat "$cstamp")" != "$cwanted" ]; then
         say "building the compiled wheel (SPOTEX_MYPYC=1) into .venv-mypyc (sources changed)"
         [ -x .venv-mypyc/bin/python ] || python3 -m venv .venv-mypyc
         rm -rf .venv-mypyc/wheel "$cstamp"
-        # .venv has the build's requirements (setuptools, mypy pinned as in [build-system]).
+        # .venv has the build's requirements (setuptools, and mypy at the dev extras' pin, which
+        # _build/backend.py asks an isolated compiled build for).
         SPOTEX_MYPYC=1 .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps \
             --no-build-isolation -w .venv-mypyc/wheel .
         .venv-mypyc/bin/python -m pip uninstall -q -y --disable-pip-version-check spotex 2>/dev/null || true
