@@ -33,14 +33,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from api.channels import CHANNELS, MAX_PAGES_PER_TICK, Channel, Key, Outbound, encode
 from api.user_stream import UserStream, order_resource, user_ids
 from projections import delivery
 from projections import queries as q
+
+if TYPE_CHECKING:
+    from spotex.config import Tuning
 
 log = logging.getLogger("spotex.ws")
 
@@ -93,13 +96,12 @@ class Hub:
         self.closed = False
 
     @classmethod
-    def from_environ(cls, store: Any, logs: Any, environ: Mapping[str, str]) -> Hub:
+    def from_tuning(cls, store: Any, logs: Any, tuning: Tuning) -> Hub:
         """``SPOTEX_WS_POLL`` (seconds), ``SPOTEX_WS_MAX_QUEUE`` (messages),
-        ``SPOTEX_WS_MAX_QUEUE_BYTES`` and ``SPOTEX_WS_SEND_BUFFER`` (bytes) per connection."""
-        return cls(store, logs, interval=float(environ.get("SPOTEX_WS_POLL") or 0.01),
-                   queue_messages=int(environ.get("SPOTEX_WS_MAX_QUEUE") or 5000),
-                   queue_bytes=int(environ.get("SPOTEX_WS_MAX_QUEUE_BYTES") or 8 * 1024 * 1024),
-                   send_buffer=int(environ.get("SPOTEX_WS_SEND_BUFFER") or 0))
+        ``SPOTEX_WS_MAX_QUEUE_BYTES`` and ``SPOTEX_WS_SEND_BUFFER`` (bytes) per connection, as
+        ``spotex.config.Tuning`` read and checked them."""
+        return cls(store, logs, interval=tuning.ws_poll, queue_messages=tuning.ws_max_queue,
+                   queue_bytes=tuning.ws_max_queue_bytes, send_buffer=tuning.ws_send_buffer)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -8,11 +8,15 @@ set, in-memory (POPO) when it is ``memory://`` (tests).
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
+
+T = TypeVar("T")
 
 DEFAULT_JWT_SECRET = "spotex-embedded-default-signing-key-change-me"
 DEFAULT_USERS = {"admin": ("admin", ["admin"]), "alice": ("alice", ["trader"]),
@@ -21,6 +25,102 @@ DEFAULT_USERS = {"admin": ("admin", ["admin"]), "alice": ("alice", ["trader"]),
 
 class ConfigError(RuntimeError):
     """The configuration is unsafe or invalid; the message says which variable and why."""
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, at least 1; got {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be a whole number, at least 1; got {text!r}")
+    return value
+
+
+def _byte_count(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of bytes (0: the default), got {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be a whole number of bytes (0: the default), got {text!r}")
+    return value
+
+
+def _duration(name: str, text: str, zero: bool) -> float:
+    """A duration (a float: time, never money): finite, positive (or zero when ``zero``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ConfigError(f"{name} must be a number of seconds {'≥ 0' if zero else '> 0'}, got {text!r}")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    return _duration(name, text, zero=False)
+
+
+def _seconds_or_zero(name: str, text: str) -> float:
+    return _duration(name, text, zero=True)
+
+
+def _flag(name: str, text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ConfigError(f"{name} must be 0 or 1, got {text!r}")
+    return text == "1"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The tuning variables (docs/operations.md, docs/websocket.md, docs/api.md), read and checked
+    in one place, when the settings are: a malformed one stops every command at start-up with
+    its name (exit 2), never a traceback later — at the first WebSocket, say. Empty means the
+    default."""
+
+    engine_batch_size: int = 1000  # SPOTEX_ENGINE_BATCH_SIZE: requests per commit
+    engine_snapshot_every: int = 100_000  # SPOTEX_ENGINE_SNAPSHOT_EVERY: outcomes
+    engine_check_invariants: bool = False  # SPOTEX_ENGINE_CHECK_INVARIANTS=1: check every batch
+    wait_limit: float = 10.0  # SPOTEX_WAIT_LIMIT: seconds a ?wait=true command waits
+    ws_poll: float = 0.01  # SPOTEX_WS_POLL: seconds between the WebSocket hub's reads
+    ws_max_queue: int = 5000  # SPOTEX_WS_MAX_QUEUE: messages queued per connection
+    ws_max_queue_bytes: int = 8 * 1024 * 1024  # SPOTEX_WS_MAX_QUEUE_BYTES
+    ws_send_buffer: int = 0  # SPOTEX_WS_SEND_BUFFER: SO_SNDBUF per connection (0: the kernel's)
+    ws_direct: bool = True  # SPOTEX_WS_DIRECT=0: every message through ASGI send
+    worker_threads: int = 4  # SPOTEX_WORKER_THREADS: actor threads per worker process
+    worker_scheduler: bool = True  # SPOTEX_WORKER_SCHEDULER=0: a worker without the scheduler
+    projection_queue: str = "spotex_projections"  # SPOTEX_PROJECTION_QUEUE
+    rebuild_processes: int | None = None  # SPOTEX_REBUILD_PROCESSES (None: one per core, ≤ 4)
+    redis_url: str | None = None  # SPOTEX_REDIS_URL: shared rate-limit buckets
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Tuning:
+        def read(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            text = environ.get(name) or ""
+            return parse(name, text) if text else default
+
+        d = cls()
+        redis_url = environ.get("SPOTEX_REDIS_URL") or None
+        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"SPOTEX_REDIS_URL must be redis://, rediss:// or unix://…, got {redis_url!r}")
+        return cls(
+            engine_batch_size=read("SPOTEX_ENGINE_BATCH_SIZE", _positive_int, d.engine_batch_size),
+            engine_snapshot_every=read("SPOTEX_ENGINE_SNAPSHOT_EVERY", _positive_int,
+                                       d.engine_snapshot_every),
+            engine_check_invariants=read("SPOTEX_ENGINE_CHECK_INVARIANTS", _flag, d.engine_check_invariants),
+            wait_limit=read("SPOTEX_WAIT_LIMIT", _seconds_or_zero, d.wait_limit),
+            ws_poll=read("SPOTEX_WS_POLL", _seconds, d.ws_poll),
+            ws_max_queue=read("SPOTEX_WS_MAX_QUEUE", _positive_int, d.ws_max_queue),
+            ws_max_queue_bytes=read("SPOTEX_WS_MAX_QUEUE_BYTES", _positive_int, d.ws_max_queue_bytes),
+            ws_send_buffer=read("SPOTEX_WS_SEND_BUFFER", _byte_count, d.ws_send_buffer),
+            ws_direct=read("SPOTEX_WS_DIRECT", _flag, d.ws_direct),
+            worker_threads=read("SPOTEX_WORKER_THREADS", _positive_int, d.worker_threads),
+            worker_scheduler=read("SPOTEX_WORKER_SCHEDULER", _flag, d.worker_scheduler),
+            projection_queue=environ.get("SPOTEX_PROJECTION_QUEUE") or d.projection_queue,
+            rebuild_processes=read("SPOTEX_REBUILD_PROCESSES", _positive_int, d.rebuild_processes),
+            redis_url=redis_url,
+        )
 
 
 @dataclass(frozen=True)
@@ -33,6 +133,7 @@ class Settings:
     rate_limits: str = "user=50/s,ip=200/s"
     env: str = "development"
     extra: Mapping[str, str] = field(default_factory=dict)
+    tuning: Tuning = field(default_factory=Tuning)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +156,7 @@ class Settings:
             users_file=Path(users_file) if users_file else None,
             rate_limits=e.get("SPOTEX_RATE_LIMITS") or "user=50/s,ip=200/s",
             env=e.get("SPOTEX_ENV") or "development",
+            tuning=Tuning.from_env(e),
         )
 
     @property

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
 from types import FrameType
 
 from eventsourcing.persistence import IntegrityError
@@ -30,28 +28,16 @@ log = logging.getLogger("spotex.engine")
 EXIT_ERROR, EXIT_CONFIG, EXIT_CORRUPT, EXIT_HALTED, EXIT_FENCED = 1, 2, 3, 4, 5
 
 
-def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name) or ""
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {text!r}")
-    return value
-
-
-def engine_options(environ: Mapping[str, str] | None = None) -> dict[str, int | bool]:
-    """The engine's tuning: ``SPOTEX_ENGINE_BATCH_SIZE`` (default 1,000 requests per commit),
-    ``SPOTEX_ENGINE_SNAPSHOT_EVERY`` (100,000 outcomes), ``SPOTEX_ENGINE_CHECK_INVARIANTS=1``
-    (check every batch before committing it: for tests and debugging, it costs)."""
-    e = os.environ if environ is None else environ
+def engine_options(settings: Settings) -> dict[str, int | bool]:
+    """The engine's tuning (``Settings.tuning``): ``SPOTEX_ENGINE_BATCH_SIZE`` (default 1,000
+    requests per commit), ``SPOTEX_ENGINE_SNAPSHOT_EVERY`` (100,000 outcomes),
+    ``SPOTEX_ENGINE_CHECK_INVARIANTS=1`` (check every batch before committing it: for tests and
+    debugging, it costs)."""
+    t = settings.tuning
     return {
-        "batch_size": _int_env(e, "SPOTEX_ENGINE_BATCH_SIZE", 1000),
-        "snapshot_every": _int_env(e, "SPOTEX_ENGINE_SNAPSHOT_EVERY", 100_000),
-        "check_invariants": e.get("SPOTEX_ENGINE_CHECK_INVARIANTS") == "1",
+        "batch_size": t.engine_batch_size,
+        "snapshot_every": t.engine_snapshot_every,
+        "check_invariants": t.engine_check_invariants,
     }
 
 
@@ -103,7 +89,7 @@ def run_engine(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         settings.check_production()
-        options = engine_options()
+        options = engine_options(settings)
     except ConfigError as exc:
         log.critical("engine: invalid configuration: %s", exc)
         return EXIT_CONFIG

@@ -160,15 +160,8 @@ def _status(store: Any, logs: Any) -> int:
 def _parallel(settings: Settings) -> Any:
     from projections.rebuild import Parallel, default_processes
 
-    raw = os.environ.get("SPOTEX_REBUILD_PROCESSES")
-    if raw:
-        try:
-            processes = int(raw)
-        except ValueError:
-            raise ConfigError(f"SPOTEX_REBUILD_PROCESSES must be a whole number, not {raw!r}") from None
-        if processes < 1:
-            raise ConfigError(f"SPOTEX_REBUILD_PROCESSES must be at least 1, not {processes}")
-    else:
+    processes = settings.tuning.rebuild_processes
+    if processes is None:
         processes = default_processes(len(os.sched_getaffinity(0)))
     return Parallel(settings, processes)
 
@@ -231,10 +224,10 @@ def worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"spotex worker: {exc}", file=sys.stderr)
         return 2
-    threads = int(os.environ.get("SPOTEX_WORKER_THREADS") or 4)
-    scheduler = os.environ.get("SPOTEX_WORKER_SCHEDULER", "1") != "0"
+    threads = settings.tuning.worker_threads
+    scheduler = settings.tuning.worker_scheduler
     context = WorkerContext(store, logs)
-    queue = os.environ.get("SPOTEX_PROJECTION_QUEUE") or "spotex_projections"
+    queue = settings.tuning.projection_queue
     actors = declare_actors(broker, lambda: context, queue)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

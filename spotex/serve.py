@@ -43,15 +43,15 @@ DRAIN_PROJECTIONS_SECONDS = 10.0
 STARTUP_CATCH_UP_SECONDS = 30.0
 
 
-def redis_url_for(settings: Settings, environ: Mapping[str, str]) -> str | None:
+def redis_url_for(settings: Settings) -> str | None:
     """Where shared rate-limit buckets live: ``SPOTEX_REDIS_URL``, else a redis:// broker."""
-    url = environ.get("SPOTEX_REDIS_URL") or None
+    url = settings.tuning.redis_url
     if url is None and settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
         url = settings.broker_url
     return url
 
 
-def build_services(settings: Settings, logs: Logs, store: Any, environ: Mapping[str, str],
+def build_services(settings: Settings, logs: Logs, store: Any,
                    notify: Callable[[], None] | None = None,
                    health: Callable[[], dict[str, Any]] | None = None) -> Any:
     from api.metrics import Metrics
@@ -60,7 +60,7 @@ def build_services(settings: Settings, logs: Logs, store: Any, environ: Mapping[
     from api.services import Services
 
     try:
-        limiter = build_limiter(settings.rate_limits, redis_url_for(settings, environ))
+        limiter = build_limiter(settings.rate_limits, redis_url_for(settings))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     services = Services(
@@ -70,7 +70,7 @@ def build_services(settings: Settings, logs: Logs, store: Any, environ: Mapping[
         limiter=limiter,
         metrics=Metrics(),
         health=health,
-        wait_limit=float(environ.get("SPOTEX_WAIT_LIMIT") or 10.0),
+        wait_limit=settings.tuning.wait_limit,
     )
     if notify is not None:
         services.notify = notify
@@ -143,7 +143,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         return {"engine_thread": engine.state(), "projections_thread": projections.state()}
 
     # Every append wakes the engine (services.notify), so its idle poll is only a fallback.
-    services = build_services(settings, logs, store, env, notify=engine.wake.set, health=health)
+    services = build_services(settings, logs, store, notify=engine.wake.set, health=health)
     services.engine_positions = engine.positions
     services.projected_hint = background.hint
     metrics_box.extend((services.metrics, services))
@@ -244,7 +244,7 @@ def api_app() -> Any:
     users = builtin_users(settings)
     logs = build_logs(settings, create_tables=settings.backend != "postgres")
     store = open_read_store(settings)
-    services = build_services(settings, logs, store, os.environ)
+    services = build_services(settings, logs, store)
     register_builtin_users(logs, users, services.clock())
     app = create_app(services)
     settle_heap()

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 import time
 from collections import deque
@@ -84,7 +83,7 @@ def hub_of(websocket: WebSocket) -> Hub:
         store = getattr(services.reads, "store", None)
         if store is None:
             raise RuntimeError("the WebSocket hub needs services.reads.store (projections.store.ReadStore)")
-        hub = Hub.from_environ(store, services.logs, os.environ)
+        hub = Hub.from_tuning(store, services.logs, services.settings.tuning)
         state.ws_hub = hub
     return hub
 
@@ -110,7 +109,7 @@ def uvicorn_protocol(websocket: WebSocket) -> Any | None:
 def direct_protocol(websocket: WebSocket) -> Any | None:
     """uvicorn's protocol object of an accepted ``websocket`` if whole frames may be written to
     its transport (the module docstring), else None: the ASGI path."""
-    if os.environ.get("SPOTEX_WS_DIRECT", "1") == "0":
+    if not websocket.app.state.services.settings.tuning.ws_direct:
         return None
     proto = uvicorn_protocol(websocket)
     if proto is None:

@@ -40,7 +40,7 @@ from projections.store import ReadStore
 from projections.trades import Trades
 from projections.users import Users
 from spotex import cli
-from spotex.config import Settings
+from spotex.config import Settings, Tuning
 from tests.integration.conftest import ExchangeFlow
 
 Dump = dict[str, list[tuple[Any, ...]]]
@@ -546,8 +546,8 @@ def test_a_parallel_rebuild_takes_one_process_per_core_by_default(
     for cores, processes in ((1, 1), (2, 2), (3, 3), (4, 4), (16, 4)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert _parallel(settings).processes == processes
-    monkeypatch.setenv("SPOTEX_REBUILD_PROCESSES", "1")
-    assert _parallel(settings).processes == 1
+    assert _parallel(Settings(database_url="postgresql://nowhere/none",
+                              tuning=Tuning.from_env({"SPOTEX_REBUILD_PROCESSES": "1"}))).processes == 1
 
 
 def test_status_shows_a_stopped_projection_and_exits_1(
