@@ -1,8 +1,10 @@
 """The auditor's own model of resting orders, folded from recorded facts, and the book checks.
 
-It shares nothing with ``engine.book``: orders rest in price levels (a ``SortedDict`` per side,
-bids keyed by minus ticks so the best level comes first) holding insertion-ordered dicts, so the
-first order of the first level is the best-priority order of a side. It follows ``OrderAccepted``,
+It shares nothing with ``engine.book``: orders rest in price levels (a ``_Side`` per market and
+side: its levels by key, bids keyed by minus ticks so the best level has the smallest key, and
+the keys negated in a sorted list, so the best is the list's last item) holding
+insertion-ordered dicts, so the first order of the best level is the best-priority order of a
+side. It follows ``OrderAccepted``,
 ``OrderBooked``, ``TradeExecuted``, ``OrderAmended`` and ``OrderClosed`` and checks
 
 - ``trade_price``: every trade executes at the maker's resting price, within the taker's limit;
@@ -19,10 +21,9 @@ first order of the first level is the best-priority order of a side. It follows 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator
 from typing import Any
-
-from sortedcontainers import SortedDict
 
 Fact = dict[str, Any]
 Problem = tuple[str, str]
@@ -46,12 +47,59 @@ class _Order:
         return None if self.quantity is None else self.quantity - self.filled
 
 
+def _key(order: _Order) -> int:
+    """Where an order rests on its side: bids by minus ticks, so the best key is the smallest."""
+    price = order.price
+    return -price if order.side == "buy" else price  # type: ignore[operator,return-value]
+
+
+class _Side:
+    """One side's levels: ``key → {order id: None}``, walked best (smallest key) first.
+
+    ``ladder`` holds the keys negated in ascending order, so the best key is ``-ladder[-1]``:
+    levels come and go mostly at the touch, the list's end, where inserting or deleting moves
+    few pointers (a ``SortedDict``, pure Python, cost several µs per outcome in its peeks)."""
+
+    __slots__ = ("by_key", "ladder")
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, dict[str, None]] = {}
+        self.ladder: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def best(self) -> int:
+        """The best key; the side must not be empty."""
+        return -self.ladder[-1]
+
+    def values(self) -> Iterator[dict[str, None]]:
+        """The levels, best first."""
+        by_key = self.by_key
+        return (by_key[-neg] for neg in reversed(self.ladder))
+
+    def add(self, key: int, oid: str) -> None:
+        level = self.by_key.get(key)
+        if level is None:
+            level = self.by_key[key] = {}
+            insort(self.ladder, -key)
+        level[oid] = None
+
+    def discard(self, key: int, oid: str) -> None:
+        level = self.by_key[key]
+        del level[oid]
+        if not level:
+            del self.by_key[key]
+            ladder = self.ladder
+            del ladder[bisect_left(ladder, -key)]
+
+
 class BookCheck:
     """Resting orders per market and side; see the module docstring for what it checks."""
 
     def __init__(self) -> None:
         self.orders: dict[str, _Order] = {}
-        self.sides: dict[tuple[str, str], SortedDict] = {}  # (market, side) → key → {oid: None}
+        self.sides: dict[tuple[str, str], _Side] = {}  # (market, side) → its levels
         self._touched: set[str] = set()
         self._placed: dict[str, None] = {}
 
@@ -77,51 +125,62 @@ class BookCheck:
             # a level's key is its orders' price (bids: minus it), so the best prices are the keys
             bids, asks = sides.get((market, "buy")), sides.get((market, "sell"))
             if bids and asks:
-                bid, ask = -bids.peekitem(0)[0], asks.peekitem(0)[0]
+                bid, ask = -bids.best(), asks.best()
                 if bid >= ask:
                     out.append(("crossed_book", f"{market}: best bid {bid} ≥ best ask {ask} (ticks)"))
         return out
 
     # -- the model ----------------------------------------------------------------------------
 
-    def _levels(self, market: str, side: str) -> SortedDict:
+    def _levels(self, market: str, side: str) -> _Side:
         levels = self.sides.get((market, side))
         if levels is None:
-            levels = self.sides[(market, side)] = SortedDict()
+            levels = self.sides[(market, side)] = _Side()
         return levels
 
     def _rest(self, order: _Order) -> None:
-        key = -order.price if order.side == "buy" else order.price  # type: ignore[operator]
-        levels = self._levels(order.market, order.side)
-        level = levels.get(key)
-        if level is None:
-            level = levels[key] = {}
-        level[order.order_id] = None
+        key = _key(order)
+        self._levels(order.market, order.side).add(key, order.order_id)
         order.resting = True
         self._touched.add(order.market)
+
+    def rest_all(self, orders: Iterable[_Order]) -> None:
+        """Rest orders given in priority order per side (a stored book), sorting each side's
+        keys once: resting them one by one, best first, would insert every new, worse level at
+        the front of its ladder."""
+        sides: set[tuple[str, str]] = set()
+        for order in orders:
+            key = _key(order)
+            levels = self._levels(order.market, order.side)
+            level = levels.by_key.get(key)
+            if level is None:
+                level = levels.by_key[key] = {}
+            level[order.order_id] = None
+            order.resting = True
+            sides.add((order.market, order.side))
+        for market_side in sides:
+            levels = self.sides[market_side]
+            levels.ladder = sorted(-key for key in levels.by_key)
 
     def _unrest(self, order: _Order) -> None:
         if not order.resting:
             return
-        key = -order.price if order.side == "buy" else order.price  # type: ignore[operator]
-        levels = self._levels(order.market, order.side)
-        level = levels[key]
-        del level[order.order_id]
-        if not level:
-            del levels[key]
+        key = _key(order)
+        self._levels(order.market, order.side).discard(key, order.order_id)
         order.resting = False
 
-    def in_priority(self, market: str, side: str) -> Iterator[_Order]:
-        """Resting orders of one side, best first."""
-        for level in self._levels(market, side).values():
-            for oid in level:
-                yield self.orders[oid]
-
-    def best(self, market: str, side: str) -> _Order | None:
+    def best_not_of(self, market: str, side: str, user_id: str) -> _Order | None:
+        """The best-priority resting order of one side that is not ``user_id``'s."""
         levels = self.sides.get((market, side))
-        if not levels:
+        if levels is None:
             return None
-        return self.orders[next(iter(levels.peekitem(0)[1]))]
+        orders, by_key, ladder = self.orders, levels.by_key, levels.ladder
+        for i in range(len(ladder) - 1, -1, -1):
+            for oid in by_key[-ladder[i]]:
+                order = orders[oid]
+                if order.user_id != user_id:
+                    return order
+        return None
 
     def _order(self, oid: str, out: list[Problem], what: str) -> _Order | None:
         order = self.orders.get(oid)
@@ -171,7 +230,7 @@ def _trade(bc: BookCheck, f: Fact, out: list[Problem]) -> None:
     if not maker.resting or taker.resting or maker.side == taker.side or maker.market != f["market"]:
         out.append(("book_state", f"trade {tid}: the maker must rest in {f['market']}, the taker must not"))
     else:
-        best = next((o for o in bc.in_priority(maker.market, maker.side) if o.user_id != taker.user_id), None)
+        best = bc.best_not_of(maker.market, maker.side, taker.user_id)
         if best is None or best.order_id != maker.order_id:
             who = best.order_id if best is not None else "nothing"
             out.append(("priority", f"trade {tid}: maker {maker.order_id}, but {who} has priority"))

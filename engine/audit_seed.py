@@ -70,10 +70,8 @@ def book_from_state(state: Mapping[str, Any], orders: list[Order] | None = None)
         )
         o.filled = order.filled
         bc.orders[o.order_id] = o
-    for sides in state["books"].values():
-        for side in ("bids", "asks"):
-            for oid in sides[side]:
-                bc._rest(bc.orders[oid])
+    books = state["books"].values()
+    bc.rest_all(bc.orders[oid] for sides in books for side in ("bids", "asks") for oid in sides[side])
     bc._touched = set()
     return bc
 
