@@ -30,15 +30,33 @@ from engine.book import Book
 Fact = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One request as read from the requests log."""
+    """One request as read from the requests log; read-only by convention.
 
-    request_id: str
-    position: int
-    time: str
-    actor: str | None
-    command: dict[str, Any]
+    A plain class with its own ``__init__``, not a dataclass: compiled (setup.py), a dataclass's
+    generated ``__init__`` stays interpreted (a frozen one calls ``object.__setattr__`` per
+    field), and the audit makes one per request it reads."""
+
+    __slots__ = ("actor", "command", "position", "request_id", "time")
+
+    def __init__(
+        self, request_id: str, position: int, time: str, actor: str | None, command: dict[str, Any]
+    ) -> None:
+        self.request_id, self.position, self.time = request_id, position, time
+        self.actor, self.command = actor, command
+
+    def _fields(self) -> tuple[str, int, str, str | None, dict[str, Any]]:
+        return (self.request_id, self.position, self.time, self.actor, self.command)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestRecord):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        names = ("request_id", "position", "time", "actor", "command")
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"RequestRecord({fields})"
 
 
 class Reject(Exception):
@@ -82,27 +100,35 @@ class Exchange:
         self.keys: dict[str, None] = {}  # idempotency keys applied: references, client order ids
         self.next_trade_id = 1
         self._facts: list[Fact] | None = None
+        # The dispatch tables, imported here (they import this module) once per Exchange: an
+        # import inside execute and apply ran once per request and per fact.
+        from engine.appliers import APPLIERS
+        from engine.handlers import HANDLERS
+
+        self._appliers, self._handlers = APPLIERS, HANDLERS
 
     # -- deciding ---------------------------------------------------------------------------
 
     def execute(self, request: RequestRecord) -> list[Fact]:
         """Decide and apply one request; returns its facts (a rejection is a fact too)."""
-        from engine.handlers import HANDLERS, rejection
-
         facts: list[Fact] = []
         self._facts = facts
         try:
             name = request.command.get("command")
-            handler = HANDLERS.get(name) if isinstance(name, str) else None
+            handler = self._handlers.get(name) if isinstance(name, str) else None
             if handler is None:
                 raise Reject("invalid_request", f"unknown command {name!r}")
             try:
                 handler(self, request)
             except Reject as reject:
+                from engine.handlers import rejection
+
                 if facts:  # a handler must refuse before it changes anything
                     raise RuntimeError(f"rejection after facts in {name}") from reject
                 self.emit(rejection(self, request, reject))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                from engine.handlers import rejection
+
                 if facts:
                     raise
                 self.emit(rejection(self, request, Reject("invalid_request", str(exc))))
@@ -120,9 +146,7 @@ class Exchange:
 
     def apply(self, fact: Fact) -> None:
         """Change state as the fact says; facts were validated when they were decided."""
-        from engine.appliers import APPLIERS
-
-        APPLIERS[fact["type"]](self, fact)
+        self._appliers[fact["type"]](self, fact)
 
     def apply_all(self, facts: Iterable[Fact]) -> None:
         for fact in facts:
