@@ -62,6 +62,7 @@ from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, server_info
 from domain.commands import Command, request_id_for
 from engine.audit import Audit
+from engine.audit_decode import decode_outcome_head_row, decode_outcome_row, decode_request_row
 from engine.sequencer import Sequencer
 from spotex import audit_cli
 from spotex.config import Settings
@@ -175,18 +176,18 @@ def _phases(settings: Settings, count: int) -> tuple[list[tuple[str, float]], in
             if not page:
                 break
             rows += page
-            after = page[-1].id
+            after = page[-1][0]
         return rows[:count]
 
     raw_outcomes = timed("read exchange rows", lambda: read(logs.exchange, None))
-    until = raw_outcomes[-1].id
-    heads = timed("decode outcome heads", lambda: [audit_cli.decode_outcome_head(n) for n in raw_outcomes])
-    outcomes = timed(FULL_DECODE, lambda: [audit_cli.decode_outcome(n) for n in raw_outcomes])
+    until = raw_outcomes[-1][0]
+    heads = timed("decode outcome heads", lambda: [decode_outcome_head_row(n) for n in raw_outcomes])
+    outcomes = timed(FULL_DECODE, lambda: [decode_outcome_row(n) for n in raw_outcomes])
     last_request = outcomes[-1].request_position
     raw_requests = timed(
-        "read request rows", lambda: [r for r in read(logs.requests, None) if r.id <= last_request]
+        "read request rows", lambda: [r for r in read(logs.requests, None) if r[0] <= last_request]
     )
-    requests = timed("decode requests", lambda: [audit_cli.decode_request(n) for n in raw_requests])
+    requests = timed("decode requests", lambda: [decode_request_row(n) for n in raw_requests])
     for part in ("chain", "ledger", "book"):  # over the decoded outcomes: they need the facts
         run = Audit(parts=(part,))
         found = timed(part, lambda run=run: list(run.run(iter(requests), iter(outcomes))))

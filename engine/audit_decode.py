@@ -22,6 +22,7 @@ is still checked over the stored bytes, never over re-encoded ones.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,20 @@ from engine.audit import StoredOutcome, Undecided, Unreadable, scalar_json
 from engine.exchange import RequestRecord
 from engine.jsondecode import loads
 from engine.log import EXCHANGE_STREAM_ID
+
+# A stored event read as a plain tuple (``spotex.audit_cli`` on PostgreSQL): position, stream id
+# (text), version, topic, state; making a named tuple of each row cost more than its decoding.
+StoredRow = tuple[Any, Any, Any, Any, Any]
+
+
+class Stored:
+    """A ``StoredRow`` with the attributes of a notification, for the full decoders (the rare
+    outcome whose head is not the canonical layout, or whose facts re-execution does not give)."""
+
+    __slots__ = ("id", "originator_id", "originator_version", "state", "topic")
+
+    def __init__(self, row: StoredRow) -> None:
+        self.id, self.originator_id, self.originator_version, self.topic, self.state = row
 
 
 def _time(value: Any) -> str:
@@ -115,33 +130,54 @@ _TAIL_LENGTH = len(b'],"prev_hash":"","hash":""}') + 128
 def decode_outcome_head(n: Any) -> Undecided | StoredOutcome | Unreadable:
     """The head of a stored outcome, its facts left as the stored bytes (see
     ``engine.audit.Undecided``); any other layout is decoded in full by ``decode_outcome``."""
-    state = n.state
+    return _outcome_head(n.id, n.originator_id, n.originator_version, n.topic, n.state, n, decode_outcome)
+
+
+def decode_outcome_head_row(row: StoredRow) -> Undecided | StoredOutcome | Unreadable:
+    """``decode_outcome_head`` of a row read as a plain tuple (see ``StoredRow``)."""
+    position, stream, version, topic, state = row
+    return _outcome_head(position, stream, version, topic, state, row, decode_outcome_row)
+
+
+def decode_outcome_row(row: StoredRow) -> StoredOutcome | Unreadable:
+    """``decode_outcome`` of a row read as a plain tuple."""
+    return decode_outcome(Stored(row))
+
+
+def _outcome_head(
+    position: Any,
+    stream: Any,
+    version: Any,
+    topic: Any,
+    state: Any,
+    stored: Any,
+    decoder: Callable[[Any], StoredOutcome | Unreadable],
+) -> Undecided | StoredOutcome | Unreadable:
     head = _HEAD(state) if type(state) is bytes else None
-    if head is None or n.topic != "spotex:Outcome":
-        return decode_outcome(n)
+    if head is None or topic != "spotex:Outcome":
+        return decoder(stored)
     end = len(state) - _TAIL_LENGTH + 1  # the facts' closing bracket
     tail = _TAIL(state, end - 1)
-    stream = n.originator_id
     if tail is None or end <= head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
-        return decode_outcome(n)
+        return decoder(stored)
     try:
-        time, rid, position, actor, command = head.groups()
+        time, rid, request_position, actor, command = head.groups()
         return Undecided(
-            n.id,
-            n.originator_version,
+            position,
+            version,
             time.decode(),
             rid.decode(),
-            int(position),
+            int(request_position),
             None if actor is None else actor.decode(),
             None if command is None else command.decode(),
             tail[1].decode(),
             tail[2].decode(),
             state[head.end() - 1 : end],
-            decode_outcome,
-            n,
+            decoder,
+            stored,
         )
     except UnicodeDecodeError:
-        return decode_outcome(n)
+        return decoder(stored)
 
 
 def decode_snapshot(body: bytes) -> Any:
@@ -150,15 +186,24 @@ def decode_snapshot(body: bytes) -> Any:
 
 
 def decode_request(n: Any) -> RequestRecord | Unreadable:
+    return _request(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+
+
+def decode_request_row(row: StoredRow) -> RequestRecord | Unreadable:
+    """``decode_request`` of a row read as a plain tuple (see ``StoredRow``)."""
+    position, stream, version, topic, state = row
+    return _request(position, stream, version, topic, state)
+
+
+def _request(position: Any, stream: Any, version: Any, topic: Any, state: Any) -> RequestRecord | Unreadable:
     try:
-        if n.topic != "spotex:Request" or n.originator_version != 1:
-            raise ValueError(f"topic {n.topic!r} version {n.originator_version} is not a request")
-        d = _decode(n.state)
+        if topic != "spotex:Request" or version != 1:
+            raise ValueError(f"topic {topic!r} version {version} is not a request")
+        d = _decode(state)
         if type(d["command"]) is not dict:
             raise ValueError("command must be an object")
-        stream = n.originator_id
         rid = stream if type(stream) is str and _CANONICAL_UUID(stream) else str(_uuid(stream))
-        return RequestRecord(rid, n.id, _time(d["timestamp"]), d["actor"], d["command"])
+        return RequestRecord(rid, position, _time(d["timestamp"]), d["actor"], d["command"])
     except Exception as exc:
         error = f"the stored request does not decode: {exc!r}"
-        return Unreadable("requests", n.id, str(n.originator_id), error)
+        return Unreadable("requests", position, str(stream), error)
