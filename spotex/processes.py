@@ -26,6 +26,10 @@ from spotex.wiring import build_logs
 log = logging.getLogger("spotex.engine")
 
 EXIT_ERROR, EXIT_CONFIG, EXIT_CORRUPT, EXIT_HALTED, EXIT_FENCED = 1, 2, 3, 4, 5
+# PostgreSQL connections each of the engine's log pools opens (its loop and its commit thread use
+# them; the pool grows by up to 4 more under a burst): the library's default of 5 per log left 13
+# connections open for one writer (docs/operations.md, "PostgreSQL connections").
+ENGINE_POOL = 1
 
 
 def engine_options(settings: Settings) -> dict[str, int | bool]:
@@ -95,7 +99,7 @@ def run_engine(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     sequencer: Sequencer | None = None
     try:
-        logs = build_logs(settings, create_tables=settings.backend != "postgres")
+        logs = build_logs(settings, create_tables=settings.backend != "postgres", pool_size=ENGINE_POOL)
         started = time.perf_counter()
         sequencer = Sequencer(logs, pipeline=True, **options)  # type: ignore[arg-type]
         waiting = logs.last_request_position() - sequencer.request_position
