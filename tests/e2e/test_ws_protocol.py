@@ -214,14 +214,20 @@ def test_the_example_client_of_the_websocket_doc_runs(server: Server, admin: Api
     (client,) = [b for b in blocks("python") if "asyncio.run(main())" in b]
     fund(admin, "alice", "USDT", "1000")
     alice = Api(server.url).login("alice", "alice")
-    env = {**os.environ, "SPOTEX_URL": server.url, "SPOTEX_MARKET": market, "SPOTEX_SECONDS": "8"}
+    env = {**os.environ, "SPOTEX_URL": server.url, "SPOTEX_MARKET": market, "SPOTEX_SECONDS": "12"}
     proc = subprocess.Popen([sys.executable, "-c", client], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3)  # connected and subscribed by now
+    assert proc.stdout is not None
+    # Its book snapshot says it is connected and subscribed (a fixed sleep was too short on a
+    # loaded machine: the orders came and went before it subscribed). The user channel's
+    # subscription went out with it, ahead of anything read.
+    seen = [proc.stdout.readline()]
+    assert "snapshot #" in seen[0], seen[0] + proc.communicate(timeout=60)[0]
+    time.sleep(0.5)
     placed = ok(alice.post("/v1/orders?wait=true", {"market": market, "side": "buy", "type": "limit",
                                                     "price": "2.00", "quantity": "1.0000"}))
     ok(alice.delete(f"/v1/orders/{placed['order_id']}?wait=true"))
-    out, _ = proc.communicate(timeout=60)
+    out = "".join(seen) + proc.communicate(timeout=60)[0]  # it stops SPOTEX_SECONDS after connecting
     assert proc.returncode == 0, out
     assert f"book {market} snapshot #" in out, out
     assert "book #" in out, out
