@@ -9,6 +9,7 @@ them in without readers ever seeing a half-built model.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import threading
@@ -44,6 +45,17 @@ from spotex.config import Settings, Tuning
 from tests.integration.conftest import ExchangeFlow
 
 Dump = dict[str, list[tuple[Any, ...]]]
+
+# A test marked so replaces a method of a projection class (to fail an event, tear a batch, shrink
+# a cache). The compiled build (setup.py) compiles those classes with mypyc: a compiled caller (the
+# other methods of ``Projection`` and ``Keyed``) calls a compiled method through its vtable and
+# never sees the replacement, an interpreted one (the runner) does — so what the test exercises
+# would depend on which callers are compiled. It runs on the interpreted build only; the compiled
+# stage of scripts/test.sh (``SPOTEX_EXPECT_COMPILED=1``) skips it.
+patches_a_projection_class = pytest.mark.skipif(
+    os.environ.get("SPOTEX_EXPECT_COMPILED", "0") == "1",
+    reason="monkeypatches a projection class: the interpreted build only (compiled callers do not see it)",
+)
 
 
 def dump(store: ReadStore) -> Dump:
@@ -81,6 +93,7 @@ def flowed(
     yield settings, logs, store, flow
 
 
+@patches_a_projection_class
 def test_restarts_duplicates_races_and_torn_batches_give_identical_tables(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -144,6 +157,7 @@ def test_restarts_duplicates_races_and_torn_batches_give_identical_tables(
     assert all(not diffs for diffs in verify(store, logs, list(PROJECTIONS.values())).values())
 
 
+@patches_a_projection_class
 def test_a_failing_event_stops_the_projection_there_and_is_retried_not_skipped(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -287,6 +301,7 @@ def test_rebuild_gives_identical_tables_and_swaps_atomically_under_load(
     assert all(not d for d in verify(store, logs, list(PROJECTIONS.values())).values())
 
 
+@patches_a_projection_class
 def test_rebuild_in_memory_then_reading_back_gives_identical_tables(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -339,6 +354,7 @@ def test_parallel_rebuild_and_verify_give_identical_tables(
     assert all(not d for name, d in found.items() if name != "ledger")
 
 
+@patches_a_projection_class
 def test_a_failing_event_stops_a_parallel_rebuild_and_leaves_the_live_tables(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -405,6 +421,7 @@ def test_a_rebuild_gives_the_tables_back_their_indexes_and_keys(
     assert index_definitions(store) == before
 
 
+@patches_a_projection_class
 def test_a_duplicate_key_stops_a_rebuild_at_the_event_that_wrote_it(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -550,6 +567,7 @@ def test_a_parallel_rebuild_takes_one_process_per_core_by_default(
                               tuning=Tuning.from_env({"SPOTEX_REBUILD_PROCESSES": "1"}))).processes == 1
 
 
+@patches_a_projection_class
 def test_status_shows_a_stopped_projection_and_exits_1(
     flowed: tuple[Settings, Logs, ReadStore, ExchangeFlow], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -22,6 +22,7 @@ from projections.users import Users
 from spotex.config import Settings
 from spotex.parts import ProjectedHint
 from tests.integration.conftest import ExchangeFlow
+from tests.integration.test_projections_ops import patches_a_projection_class
 
 
 def test_the_runner_reports_the_projected_position_the_read_store_gives(
@@ -62,6 +63,7 @@ def test_a_report_is_trusted_only_while_fresh() -> None:
     assert hint() is None  # stale: ask the read store again
 
 
+@patches_a_projection_class
 def test_a_read_model_stopped_at_a_failing_event_holds_the_report_back(
         opened: tuple[Settings, Logs, ReadStore], monkeypatch: pytest.MonkeyPatch) -> None:
     """Given one read model failing at an event, the report stays where that model stopped,

@@ -1,7 +1,7 @@
 """The build under test is the one asked for: compiled (mypyc) or pure Python.
 
-``scripts/test.sh`` runs the engine, domain and audit tests a second time against the compiled
-wheel installed in ``.venv-mypyc``, with ``SPOTEX_EXPECT_COMPILED=1``; everywhere else the
+``scripts/test.sh`` runs the engine, domain, audit and projection tests a second time against the
+compiled wheel installed in ``.venv-mypyc``, with ``SPOTEX_EXPECT_COMPILED=1``; everywhere else the
 modules are the checkout's Python files (the editable install). Given the modules ``setup.py``
 compiles, when they are imported here, then each is a C extension inside the installed package
 when compiled is expected — so a checkout earlier on ``sys.path`` (``python -m pytest`` puts the
@@ -40,6 +40,18 @@ def test_the_compiled_list_names_the_hot_path() -> None:
     assert {"engine.exchange", "engine.audit", "domain.ledger"} <= set(modules)
     for name in modules:
         assert (ROOT / (name.replace(".", "/") + ".py")).is_file(), name
+
+
+def test_every_read_model_is_compiled_with_the_projection_base() -> None:
+    """A class compiled by mypyc cannot be the base of an interpreted one: with
+    ``projections.base`` compiled, a read model whose module is not in the list would not even
+    import in the compiled build. So every class the registry names is compiled, with its base."""
+    from projections.registry import PROJECTIONS
+
+    modules = set(compiled_modules())
+    assert "projections.base" in modules
+    missing = sorted({cls.__module__ for cls in PROJECTIONS.values()} - modules)
+    assert not missing, f"read models left out of setup.py's COMPILED: {missing}"
 
 
 @pytest.mark.parametrize("name", compiled_modules())
