@@ -3,6 +3,12 @@
     .venv/bin/python bench/projections.py [--url postgresql://postgres@127.0.0.1:5432] [-n 100000]
                                           [--users 50] [--only NAME] [--profile NAME] [--keep]
                                           [--processes 2 4] [--all-only] [--build-only] [--reuse URL]
+                                          [--installed]
+
+The compiled build (``SPOTEX_MYPYC=1``: the engine's and the read models' folds compiled with
+mypyc, ``setup.py``) is measured from a virtualenv it is installed in, with ``--installed``:
+``spotex`` is then imported as installed, not from this checkout (which is otherwise first on
+``sys.path``). The output says which build ran, and where from.
 
 1. Creates a scratch database (``spotex_bench_<pid>``, dropped at the end unless ``--keep``), or
    SQLite files in a temporary directory with ``--url sqlite``; applies the migrations.
@@ -25,11 +31,13 @@ such a database without building the log again.
 Figures go to stdout; docs/performance.md records them with the machine.
 """
 
+# ruff: noqa: E402 - which spotex is imported (the checkout or the installed build) is chosen first
 from __future__ import annotations
 
 import argparse
 import contextlib
 import cProfile
+import importlib
 import io
 import os
 import pstats
@@ -39,7 +47,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This checkout first, unless the installed spotex (e.g. the compiled build) is the one to measure:
+# then its packages are imported first, from the installation (bench.engine puts the checkout first
+# on sys.path; submodules then still come from the packages already imported), and the checkout
+# only lends ``bench``. A parallel rebuild's processes run this module again, so they do the same.
+ROOT = str(Path(__file__).resolve().parent.parent)
+INSTALLED = "--installed" in sys.argv[1:]
+if INSTALLED:
+    # not this script's directory either: bench/engine.py would be imported as ``engine``
+    sys.path[:] = [p for p in sys.path if p not in (ROOT, os.path.join(ROOT, "bench"))] + [ROOT]
+    for _package in ("api", "domain", "engine", "projections", "spotex"):
+        importlib.import_module(_package)
+else:
+    sys.path.insert(0, ROOT)
 
 from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, scratch_store, server_info
@@ -92,6 +112,21 @@ def _server_cpu(settings: Settings) -> float | None:
     return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
+def build_info() -> str:
+    """Which build runs: how many of ``setup.py``'s compiled modules on the rebuild's path are C
+    extensions (the projection folds and their base, and the engine modules they import)."""
+    names = ["projections.base", *sorted({c.__module__ for c in PROJECTIONS.values()}),
+             "domain.amounts", "domain.markets", "engine.jsondecode"]
+    files = {n: str(importlib.import_module(n).__file__) for n in names}
+    compiled = [n for n, f in files.items() if f.endswith(".so")]
+    where = os.path.dirname(os.path.dirname(files["projections.base"]))
+    if not compiled:
+        return f"build: pure Python (from {where})"
+    python = [n for n in names if n not in compiled]
+    return (f"build: compiled with mypyc (from {where}): {len(compiled)} of {len(names)} rebuild-path "
+            "modules are C extensions" + (f"; Python: {', '.join(python)}" if python else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432")
@@ -105,9 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--all-only", action="store_true", help="skip the single-model rebuilds")
     p.add_argument("--build-only", action="store_true", help="build the log, then stop (with --keep)")
     p.add_argument("--reuse", metavar="URL", help="a database kept by --keep: skip building the log")
+    p.add_argument("--installed", action="store_true",
+                   help="measure spotex as installed in this Python (the compiled build), not this checkout")
     args = p.parse_args(argv)
 
     print_machine()
+    print(build_info())
     store_cm = contextlib.nullcontext(Settings(database_url=args.reuse)) if args.reuse else \
         scratch_store(args.url, args.keep)
     with store_cm as settings:
