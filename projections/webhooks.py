@@ -36,13 +36,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from projections import delivery as d
 from projections.store import ReadStore
+
+if TYPE_CHECKING:
+    from spotex.config import Tuning
 
 log = logging.getLogger("spotex.webhooks")
 
@@ -63,21 +66,21 @@ class WebhookConfig:
     idle: float = 0.1
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], production: bool = False) -> WebhookConfig:
+    def from_tuning(cls, tuning: Tuning, production: bool = False) -> WebhookConfig:
         """``SPOTEX_WEBHOOK_MIN_BACKOFF`` / ``_MAX_BACKOFF`` / ``_GIVE_UP_AFTER`` / ``_TIMEOUT``
-        (seconds), ``SPOTEX_WEBHOOK_ALLOW_PRIVATE`` (1/0; default 0 in production, else 1)."""
+        (seconds), ``SPOTEX_WEBHOOK_ALLOW_PRIVATE`` (1/0; default 0 in production, else 1), as
+        ``spotex.config.Tuning`` read and checked them; unset, this class's defaults."""
 
-        def num(name: str, default: float) -> float:
-            raw = environ.get(f"SPOTEX_WEBHOOK_{name}")
-            return float(raw) if raw else default
+        def pick(value: float | None, default: float) -> float:
+            return default if value is None else value
 
-        private = environ.get("SPOTEX_WEBHOOK_ALLOW_PRIVATE")
+        private = tuning.webhook_allow_private
         return cls(
-            min_backoff=num("MIN_BACKOFF", cls.min_backoff),
-            max_backoff=num("MAX_BACKOFF", cls.max_backoff),
-            give_up_after=num("GIVE_UP_AFTER", cls.give_up_after),
-            timeout=num("TIMEOUT", cls.timeout),
-            allow_private=(private == "1") if private else not production,
+            min_backoff=pick(tuning.webhook_min_backoff, cls.min_backoff),
+            max_backoff=pick(tuning.webhook_max_backoff, cls.max_backoff),
+            give_up_after=pick(tuning.webhook_give_up_after, cls.give_up_after),
+            timeout=pick(tuning.webhook_timeout, cls.timeout),
+            allow_private=(not production) if private is None else private,
         )
 
 
@@ -265,7 +268,6 @@ def run_dispatcher(store: ReadStore, send: Callable[[str], None], stop: threadin
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m projections.webhooks``: the delivery process (dispatcher and senders)."""
-    import os
     import signal
 
     from projections.store import open_read_store
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     settings.check_production()
-    config = WebhookConfig.from_env(os.environ, settings.production)
+    config = WebhookConfig.from_tuning(settings.tuning, settings.production)
     store = open_read_store(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -93,6 +93,13 @@ class Tuning:
     projection_queue: str = "spotex_projections"  # SPOTEX_PROJECTION_QUEUE
     rebuild_processes: int | None = None  # SPOTEX_REBUILD_PROCESSES (None: one per core, ≤ 4)
     redis_url: str | None = None  # SPOTEX_REDIS_URL: shared rate-limit buckets
+    # SPOTEX_WEBHOOK_MIN_BACKOFF, _MAX_BACKOFF, _GIVE_UP_AFTER, _TIMEOUT (seconds) and
+    # _ALLOW_PRIVATE (0/1); None: projections.webhooks.WebhookConfig's defaults
+    webhook_min_backoff: float | None = None
+    webhook_max_backoff: float | None = None
+    webhook_give_up_after: float | None = None
+    webhook_timeout: float | None = None
+    webhook_allow_private: bool | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Tuning:
@@ -120,6 +127,11 @@ class Tuning:
             projection_queue=environ.get("SPOTEX_PROJECTION_QUEUE") or d.projection_queue,
             rebuild_processes=read("SPOTEX_REBUILD_PROCESSES", _positive_int, d.rebuild_processes),
             redis_url=redis_url,
+            webhook_min_backoff=read("SPOTEX_WEBHOOK_MIN_BACKOFF", _seconds, d.webhook_min_backoff),
+            webhook_max_backoff=read("SPOTEX_WEBHOOK_MAX_BACKOFF", _seconds, d.webhook_max_backoff),
+            webhook_give_up_after=read("SPOTEX_WEBHOOK_GIVE_UP_AFTER", _seconds, d.webhook_give_up_after),
+            webhook_timeout=read("SPOTEX_WEBHOOK_TIMEOUT", _seconds, d.webhook_timeout),
+            webhook_allow_private=read("SPOTEX_WEBHOOK_ALLOW_PRIVATE", _flag, d.webhook_allow_private),
         )
 
 

@@ -143,7 +143,7 @@ class BackgroundThreads:
             settings, logs, self.stop, self.wake, on_pass=self._on_pass))
         self._delivery_stop = threading.Event()
         self._delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
-            store, WebhookConfig.from_env(env, settings.production)).run(self._delivery_stop))
+            store, WebhookConfig.from_tuning(settings.tuning, settings.production)).run(self._delivery_stop))
 
     def start(self, on_pass: Callable[[], None]) -> None:
         def passed(position: int | None) -> None:
@@ -236,7 +236,7 @@ def _background_main(settings: Settings, env: dict[str, str], stop: Any, wake: A
     store = open_read_store(settings)
     delivery_stop = threading.Event()
     delivery = Worker("spotex-delivery", lambda: DeliveryRunner(
-        store, WebhookConfig.from_env(env, settings.production)).run(delivery_stop))
+        store, WebhookConfig.from_tuning(settings.tuning, settings.production)).run(delivery_stop))
     delivery.start()
     settle_heap()
     try:

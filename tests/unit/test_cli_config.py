@@ -50,6 +50,9 @@ BAD_TUNING = [
     ("SPOTEX_WS_MAX_QUEUE_BYTES", "8MiB"), ("SPOTEX_WS_SEND_BUFFER", "-1"), ("SPOTEX_WS_DIRECT", "off"),
     ("SPOTEX_WORKER_THREADS", "four"), ("SPOTEX_WORKER_SCHEDULER", "true"),
     ("SPOTEX_REBUILD_PROCESSES", "two"), ("SPOTEX_REDIS_URL", "127.0.0.1:6379"),
+    ("SPOTEX_WEBHOOK_MIN_BACKOFF", "1s"), ("SPOTEX_WEBHOOK_MAX_BACKOFF", "0"),
+    ("SPOTEX_WEBHOOK_GIVE_UP_AFTER", "-3"), ("SPOTEX_WEBHOOK_TIMEOUT", "inf"),
+    ("SPOTEX_WEBHOOK_ALLOW_PRIVATE", "yes"),
 ]
 
 
@@ -90,3 +93,15 @@ def test_the_tuning_reads_its_values_and_defaults_when_unset_or_empty() -> None:
                        wait_limit=0.0, ws_poll=0.5, ws_max_queue=50, ws_max_queue_bytes=20000,
                        ws_send_buffer=0, ws_direct=False, worker_threads=2, worker_scheduler=False,
                        projection_queue="q2", rebuild_processes=3, redis_url="redis://127.0.0.1:6379/1")
+
+
+def test_the_webhook_sender_takes_its_tuning_or_its_defaults() -> None:
+    from projections.webhooks import WebhookConfig
+
+    assert WebhookConfig.from_tuning(Tuning()) == WebhookConfig()
+    assert WebhookConfig.from_tuning(Tuning(), production=True).allow_private is False
+    t = Settings.from_env({"SPOTEX_WEBHOOK_MIN_BACKOFF": "0.5", "SPOTEX_WEBHOOK_MAX_BACKOFF": "60",
+                           "SPOTEX_WEBHOOK_GIVE_UP_AFTER": "3600", "SPOTEX_WEBHOOK_TIMEOUT": "2",
+                           "SPOTEX_WEBHOOK_ALLOW_PRIVATE": "1"}).tuning
+    assert WebhookConfig.from_tuning(t, production=True) == WebhookConfig(
+        min_backoff=0.5, max_backoff=60.0, give_up_after=3600.0, timeout=2.0, allow_private=True)
