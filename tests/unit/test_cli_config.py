@@ -105,3 +105,13 @@ def test_the_webhook_sender_takes_its_tuning_or_its_defaults() -> None:
                            "SPOTEX_WEBHOOK_ALLOW_PRIVATE": "1"}).tuning
     assert WebhookConfig.from_tuning(t, production=True) == WebhookConfig(
         min_backoff=0.5, max_backoff=60.0, give_up_after=3600.0, timeout=2.0, allow_private=True)
+
+
+def test_every_tuning_variable_is_in_the_operations_doc() -> None:
+    import inspect
+    import re
+
+    names = set(re.findall(r'"(SPOTEX_[A-Z_]+)"', inspect.getsource(Tuning.from_env)))
+    assert len(names) >= 19 and {name for name, _ in BAD_TUNING} <= names
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    assert [name for name in sorted(names) if f"`{name}`" not in doc] == []
