@@ -21,7 +21,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -329,11 +329,13 @@ def run_segments(
     """The segments on ``jobs`` processes; from the first one that is not clean (a finding, or
     an id applied in an earlier segment too) one run in this process to the end.
 
-    At most one segment per worker is in flight. When a segment is not clean, the segments
-    still running are left to finish (at most one per worker; their results are dropped) while
-    the rest is audited here. A worker that dies (killed, out of memory) breaks the pool: the
-    segments from the first one without a result are then audited here too, and ``err`` says
-    so, where ``multiprocessing.Pool`` would have waited for the lost result for ever.
+    At most one segment per worker is in flight, and a worker that finishes takes the next
+    segment at once (the results are used in order). When a segment is not clean, the segments
+    still running are left to finish (at most one per worker; their results are dropped, as are
+    those that finished ahead of it) while the rest is audited here. A worker that dies
+    (killed, out of memory) breaks the pool: the segments from the first one without a result
+    are then audited here too, and ``err`` says so, where ``multiprocessing.Pool`` would have
+    waited for the lost result for ever.
     """
     n = len(segments)
     reports: list[dict[str, Any]] = []
@@ -341,8 +343,10 @@ def run_segments(
     if jobs < 2 or n < 2:
         return _audit_rest(segments, 0, until, tracked, seen, reports)
     workers = min(jobs, n)
+    Result = tuple[list[AuditViolation], dict[str, Any], list[str]]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: dict[int, Future[tuple[list[AuditViolation], dict[str, Any], list[str]]]] = {}
+        pending: dict[int, Future[Result]] = {}
+        finished: dict[int, Future[Result]] = {}  # done, waiting for the segments before them
         submitted = 0
 
         def submit() -> None:
@@ -356,8 +360,15 @@ def run_segments(
         dirty = None
         for i in range(n):
             try:
+                # A worker takes the next segment as soon as it is free, even while an earlier
+                # segment still runs on the other: the results are taken in order all the same.
                 submit()
-                found, report, ids = pending.pop(i).result()
+                while i not in finished:
+                    wait(pending.values(), return_when=FIRST_COMPLETED)
+                    for j in [j for j, f in pending.items() if f.done()]:
+                        finished[j] = pending.pop(j)
+                    submit()
+                found, report, ids = finished.pop(i).result()
             except BrokenProcessPool as exc:
                 print(f"audit: a worker process died ({exc}); auditing from segment {i + 1}/{n} "
                       "in this process", file=err or sys.stderr)
