@@ -123,8 +123,19 @@ _HEAD = re.compile(
     + rb',"request_position":(0|[1-9][0-9]{0,17}),"actor":(?:null|' + _STR + rb'),"command":(?:null|'
     + _STR + rb'),"facts":\['
 ).match
-_TAIL = re.compile(rb'\],"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\}').fullmatch
-_TAIL_LENGTH = len(b'],"prev_hash":"","hash":""}') + 128
+# The tail, ``],"prev_hash":"<64 hex>","hash":"<64 hex>"}``, is checked by slicing at its fixed
+# offsets (a regular expression took ~1.3 µs of it per outcome): _PREV, the first hash, _HASH,
+# the second, _END.
+_PREV, _HASH, _END = b'],"prev_hash":"', b'","hash":"', b'"}'
+_TAIL_LENGTH = len(_PREV) + 64 + len(_HASH) + 64 + len(_END)
+_HEX = b"0123456789abcdef"
+
+
+def _hex64(state: bytes, at: int) -> str | None:
+    """The 64 lower-case hex digits at ``at`` as a str, or None (strip leaves nothing of a run
+    made only of its characters, and stops at the first other one)."""
+    digits = state[at : at + 64]
+    return None if digits.strip(_HEX) else digits.decode()
 
 
 def decode_outcome_head(n: Any) -> Undecided | StoredOutcome | Unreadable:
@@ -156,9 +167,19 @@ def _outcome_head(
     head = _HEAD(state) if type(state) is bytes else None
     if head is None or topic != "spotex:Outcome":
         return decoder(stored)
-    end = len(state) - _TAIL_LENGTH + 1  # the facts' closing bracket
-    tail = _TAIL(state, end - 1)
-    if tail is None or end <= head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
+    at = len(state) - _TAIL_LENGTH  # the facts' closing bracket
+    if at < head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
+        return decoder(stored)
+    prev_at = at + len(_PREV)
+    hash_at = prev_at + 64 + len(_HASH)
+    prev_hash, digest = _hex64(state, prev_at), _hex64(state, hash_at)
+    if (
+        prev_hash is None
+        or digest is None
+        or state[at:prev_at] != _PREV
+        or state[prev_at + 64 : hash_at] != _HASH
+        or state[hash_at + 64 :] != _END
+    ):
         return decoder(stored)
     try:
         time, rid, request_position, actor, command = head.groups()
@@ -170,9 +191,9 @@ def _outcome_head(
             int(request_position),
             None if actor is None else actor.decode(),
             None if command is None else command.decode(),
-            tail[1].decode(),
-            tail[2].decode(),
-            state[head.end() - 1 : end],
+            prev_hash,
+            digest,
+            state[head.end() - 1 : at + 1],
             decoder,
             stored,
         )
