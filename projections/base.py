@@ -27,7 +27,7 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 from domain.markets import Asset, Market
-from projections.store import Tx, big
+from projections.store import Tx, big, bigs
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]
@@ -358,19 +358,34 @@ class Keyed:
 
 
 class Appends:
-    """An append-only read table: rows collected in a batch and inserted at flush."""
+    """An append-only read table: rows collected in a batch and inserted at flush.
 
-    def __init__(self, table: str, columns: Sequence[str]) -> None:
+    Values are of their columns' types (PostgreSQL's binary COPY takes nothing else): unbounded
+    integers, the columns named in ``big_columns``, as ``int`` — bound as decimal text on SQLite,
+    whose integers stop at 64 bits (see ``projections.store``)."""
+
+    def __init__(self, table: str, columns: Sequence[str], big_columns: Iterable[str] = ()) -> None:
         self.table = table
         self.columns = tuple(columns)
+        self.big_at = [i for i, c in enumerate(self.columns) if c in frozenset(big_columns)]
         self.pending: list[tuple[Any, ...]] = []
 
     def add(self, *values: Any) -> None:
         self.pending.append(values)
 
     def flush(self, tx: Tx) -> None:
-        tx.insert_many(self.table, self.columns, self.pending)
+        rows = self.pending
+        if self.big_at and tx.dialect == "sqlite":
+            rows = [_bigs_at(row, self.big_at) for row in rows]
+        tx.insert_many(self.table, self.columns, rows)
         self.pending = []
+
+
+def _bigs_at(row: tuple[Any, ...], at: Sequence[int]) -> tuple[Any, ...]:
+    values = list(row)
+    for i in at:
+        values[i] = bigs(values[i])
+    return tuple(values)
 
 
 class Projection:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from engine.log import RecordedOutcome
 from projections.base import Appends, Keyed, Projection, RequestLookup, Row, words
-from projections.store import Tx, bigs
+from projections.store import Tx
 
 LEVEL = ("market", "side", "price", "quantity", "price_str", "quantity_str")
 ORDER = ("order_id", "market", "side", "price", "quantity", "remaining")
@@ -46,7 +46,7 @@ class Book(Projection):
         )
         self.state = Keyed(self.t["book_state"], ("market",), ("market", "sequence", "position"),
                            complete=True)
-        self.changes = Appends(self.t["book_changes"], CHANGE)
+        self.changes = Appends(self.t["book_changes"], CHANGE, ("price", "quantity"))
 
     def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
         for o in () if self.orders.in_memory else events:
@@ -149,7 +149,7 @@ class Book(Projection):
             self.state.put({"market": market, "sequence": sequence, "position": o.position})
             m = self.catalog.formats[market]
             for side, price, qty in sorted(changed[market]):
-                self.changes.add(market, sequence, side, bigs(price), bigs(qty),
+                self.changes.add(market, sequence, side, price, qty,
                                  m.price(price), m.quantity(qty), o.position)
 
     def _render_level(self, row: Row) -> None:

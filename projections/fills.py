@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, words
-from projections.store import Tx, bigs
+from projections.store import Tx
 
 COLUMNS = (
     "trade_id", "liquidity", "order_id", "user_id", "market", "side", "price", "quantity",
@@ -28,7 +28,7 @@ class Fills(Projection):
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
-        self.rows = Appends(self.t["fills"], COLUMNS)
+        self.rows = Appends(self.t["fills"], COLUMNS, ("price", "quantity", "quote_quantity", "fee"))
 
     def apply(self, o: RecordedOutcome) -> None:
         for f in o.facts:
@@ -46,7 +46,7 @@ class Fills(Projection):
                 fee, fee_asset = f[f"{role}_fee"], f[f"{role}_fee_asset"]
                 self.rows.add(
                     f["trade_id"], role, f[f"{role}_order_id"], f[f"{role}_user_id"], f["market"],
-                    side, bigs(price), bigs(lots), bigs(quote), bigs(fee), price_s, lots_s, quote_s,
+                    side, price, lots, quote, fee, price_s, lots_s, quote_s,
                     self.catalog.units(fee_asset, fee), fee_asset, o.time, o.position,
                 )
 

@@ -37,7 +37,7 @@ class Ledger(Projection):
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
-        self.rows = Appends(self.t["ledger"], COLUMNS)
+        self.rows = Appends(self.t["ledger"], COLUMNS, ("available_delta", "frozen_delta"))
         self.formats: dict[str, Memo] = {}  # asset → its amounts' strings
 
     def apply(self, o: RecordedOutcome) -> None:
@@ -59,8 +59,8 @@ class Ledger(Projection):
                 if units is None:
                     units = formats[asset] = units_memo(self.catalog.assets[asset])
                 add((
-                    position, index, account, asset, kind, ref, event_id, str(d_available),
-                    str(d_frozen), units(d_available), units(d_frozen), time,
+                    position, index, account, asset, kind, ref, event_id, d_available,
+                    d_frozen, units(d_available), units(d_frozen), time,
                 ))
 
     def flush(self, tx: Tx) -> None:

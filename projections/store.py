@@ -12,7 +12,10 @@ One small interface over two dialects so that projections and queries are writte
 SQL is written once with ``?`` placeholders (converted to ``%s`` for psycopg). Integers that can
 exceed 64 bits (amounts in smallest units, prices in ticks, quantities in lots) are bound as
 decimal text: PostgreSQL stores them as ``NUMERIC(78,0)``, SQLite as TEXT (its integers stop at
-64 bits, and 18-decimal assets pass that quickly). Read them back with ``big``.
+64 bits, and 18-decimal assets pass that quickly). Read them back with ``big``. The projections'
+bulk writes on PostgreSQL are binary ``COPY`` (``Tx.copy_in``), which takes each value in its
+column's type: there those integers go as ``int`` (``Appends`` and ``Keyed`` turn them into text
+for SQLite).
 
 Nothing here creates tables: ``projections.migrate`` does, once, in ``spotex migrate``.
 """
@@ -27,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from spotex.config import Settings
+from spotex.config import POOL_WAIT_SECONDS, Settings
 
 SQLITE_CHUNK = 400  # bound variables per statement stay under SQLite's limit
 
@@ -70,15 +73,39 @@ class Tx:
         else:
             self.conn.executemany(sql, rows)
 
+    def column_types(self, table: str, columns: Sequence[str]) -> list[int]:
+        """PostgreSQL: the type OIDs of a table's columns, asked once per table name and columns
+        (a rebuild's copies and the upserts' temporary tables are made ``LIKE`` the live table)."""
+        key = (table, tuple(columns))
+        found = self.store.types_cache.get(key)
+        if found is None:
+            rows = self.fetchall(
+                "SELECT attname, atttypid::int FROM pg_attribute"
+                " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped", (table,))
+            oids = {name: oid for name, oid in rows}
+            found = self.store.types_cache[key] = [oids[c] for c in columns]
+        return found
+
+    def copy_in(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """PostgreSQL: rows into a table by ``COPY … (FORMAT BINARY)``. Each value must be of its
+        column's own type — an ``int`` for BIGINT, INTEGER and NUMERIC, a ``str`` for TEXT, a
+        ``bool`` for BOOLEAN, or None — or the COPY fails (nothing is converted silently): the
+        binary format spares psycopg's text formatter and the server's parsing of every value."""
+        types = self.column_types(table, columns)
+        cols = ", ".join(columns)
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
     def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Append rows (COPY on PostgreSQL, executemany on SQLite)."""
+        """Append rows (binary COPY on PostgreSQL, values of their columns' types: ``copy_in``;
+        executemany on SQLite)."""
         if not rows:
             return
         cols = ", ".join(columns)
         if self.dialect == "postgres":
-            with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            self.copy_in(table, columns, rows)
         else:
             marks = ", ".join("?" * len(columns))
             self.conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
@@ -103,9 +130,7 @@ class Tx:
                 f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table}) ON COMMIT DELETE ROWS"
             )
             self.conn.execute(f"DELETE FROM {temp}")
-            with self.conn.cursor() as cur, cur.copy(f"COPY {temp} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+            self.copy_in(temp, columns, rows)
             self.conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} {conflict}")
         else:
             marks = ", ".join("?" * len(columns))
@@ -163,6 +188,7 @@ class ReadStore:
 
     def __init__(self) -> None:
         self._sql_cache: dict[str, str] = {}
+        self.types_cache: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # Tx.column_types
 
     def sql(self, text: str) -> str:
         return text
@@ -299,6 +325,7 @@ class PostgresStore(ReadStore):
             url,
             min_size=1,
             max_size=max_size,
+            timeout=POOL_WAIT_SECONDS,  # a lost database: an error in seconds (spotex.config)
             kwargs={"autocommit": True},
             open=True,
             name="spotex-read",

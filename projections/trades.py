@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, words
-from projections.store import Tx, bigs
+from projections.store import Tx
 
 COLUMNS = (
     "trade_id", "market", "price", "quantity", "quote_quantity", "price_str", "quantity_str",
@@ -23,7 +23,7 @@ class Trades(Projection):
 
     def __init__(self, names: Mapping[str, str], lookup: RequestLookup | None = None) -> None:
         super().__init__(names, lookup)
-        self.rows = Appends(self.t["trades"], COLUMNS)
+        self.rows = Appends(self.t["trades"], COLUMNS, ("price", "quantity", "quote_quantity"))
 
     def apply(self, o: RecordedOutcome) -> None:
         for f in o.facts:
@@ -32,9 +32,9 @@ class Trades(Projection):
                 continue
             m = self.catalog.formats[f["market"]]
             self.rows.add(
-                f["trade_id"], f["market"], bigs(f["price"]), bigs(f["quantity"]),
-                bigs(f["quote_amount"]), m.price(f["price"]), m.quantity(f["quantity"]),
-                m.quote(f["quote_amount"]), f["taker_side"], o.time, o.position,
+                f["trade_id"], f["market"], f["price"], f["quantity"], f["quote_amount"],
+                m.price(f["price"]), m.quantity(f["quantity"]), m.quote(f["quote_amount"]),
+                f["taker_side"], o.time, o.position,
             )
 
     def flush(self, tx: Tx) -> None:
