@@ -32,13 +32,11 @@ Problem = tuple[str, str]
 class _Order:
     __slots__ = ("filled", "market", "order_id", "price", "quantity", "resting", "side", "user_id")
 
-    def __init__(self, f: Fact) -> None:
-        self.order_id: str = f["order_id"]
-        self.user_id: str = f["user_id"]
-        self.market: str = f["market"]
-        self.side: str = f["side"]
-        self.price: int | None = f["price"]
-        self.quantity: int | None = f["quantity"]
+    def __init__(
+        self, order_id: str, user_id: str, market: str, side: str, price: int | None, quantity: int | None
+    ) -> None:
+        self.order_id, self.user_id, self.market, self.side = order_id, user_id, market, side
+        self.price, self.quantity = price, quantity
         self.filled = 0
         self.resting = False
 
@@ -193,7 +191,8 @@ class BookCheck:
 
 
 def _accepted(bc: BookCheck, f: Fact, out: list[Problem]) -> None:
-    bc.orders[f["order_id"]] = _Order(f)
+    order = _Order(f["order_id"], f["user_id"], f["market"], f["side"], f["price"], f["quantity"])
+    bc.orders[order.order_id] = order
     bc._placed[f["order_id"]] = None
 
 
