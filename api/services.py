@@ -56,3 +56,5 @@ class Services:
     fast_path: bool = True
     # Listed markets' and assets' immutable specs for the edge checks (``api.edge``).
     specs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, repr=False)
+    # /readyz's store checks, each bounded in time (``api.health.StoreProbes``), made on first use.
+    store_probes: Any = field(default=None, repr=False)

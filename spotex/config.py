@@ -197,6 +197,9 @@ class Settings:
             raise ConfigError("SPOTEX_USERS_FILE must be set in production (no built-in passwords)")
 
 
+POOL_WAIT_SECONDS = 5  # the event store's and the read store's pools alike
+
+
 def postgres_env(url: str) -> dict[str, str]:
     """The library's POSTGRES_* variables from a postgresql:// URL."""
     parsed = urlparse(url)
@@ -208,6 +211,9 @@ def postgres_env(url: str) -> dict[str, str]:
         "POSTGRES_USER": unquote(parsed.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(parsed.password or ""),
         "POSTGRES_LOCK_TIMEOUT": "5",
+        # seconds to wait for a pooled connection (the library's default is 30): when the
+        # database is gone, a request answers 503 and /readyz says so in seconds, not half a minute
+        "POSTGRES_CONNECT_TIMEOUT": str(POOL_WAIT_SECONDS),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "30",
         "POSTGRES_POOL_SIZE": "5",
         "POSTGRES_MAX_OVERFLOW": "10",
