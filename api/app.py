@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from api.routers import (
 )
 from api.security import bearer_principal
 from api.services import Services
+from spotex.wiring import STORE_UNREACHABLE
 
 UNLIMITED = ("/healthz", "/readyz", "/metrics")
 log = logging.getLogger("spotex.api")
@@ -107,9 +109,14 @@ class EdgeMiddleware:
             # In front of Starlette's error middleware: what fails here (the limiter's store,
             # the fast path's append) answers the same 500 as a failing route, and is logged
             # once (a failing route's error comes here too, re-raised after its 500).
-            log.exception("%s %s failed", scope["method"], scope["path"])
+            exc = sys.exc_info()[1]
+            if isinstance(exc, STORE_UNREACHABLE):  # one line each: an outage fails them all
+                log.error("%s %s failed: the database is unavailable (%s: %s)", scope["method"],
+                          scope["path"], type(exc).__name__, str(exc).strip())
+            else:
+                log.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
-                await internal_error()(scope, receive, send_status)
+                await failure_response(exc)(scope, receive, send_status)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -120,6 +127,18 @@ class EdgeMiddleware:
 
 def internal_error() -> JSONResponse:
     return errors.error_response(500, "internal_error", "the server failed; the request may be retried")
+
+
+def failure_response(exc: BaseException | None) -> JSONResponse:
+    """503 ``unavailable`` (with ``Retry-After``) when the database is lost or refuses, else
+    the 500 of ``internal_error``. A command that met it may or may not have been appended: its
+    retry with the same ``client_order_id`` or ``reference`` is applied once."""
+    if isinstance(exc, STORE_UNREACHABLE):
+        return errors.error_response(
+            503, "unavailable", "the database is unavailable; retry after the time given (a command "
+            "retried with the same client_order_id or reference is applied once)",
+            {"retry_after": 1}, {"Retry-After": "1"})
+    return internal_error()
 
 
 class SpotexApp(FastAPI):
@@ -165,7 +184,7 @@ def create_app(services: Services) -> FastAPI:
     errors.install(app)
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        return internal_error()
+        return failure_response(exc)
 
     app.add_exception_handler(Exception, internal)
     # The order routes first: a request is matched against the routes in this order, and order

@@ -38,13 +38,54 @@ from typing import Any, Protocol
 from engine.log import Logs
 from engine.sequencer import Sequencer
 from spotex.config import Settings
-from spotex.wiring import build_logs
+from spotex.wiring import STORE_UNREACHABLE, build_logs, close_logs
 
 log = logging.getLogger("spotex.serve")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # PostgreSQL connections each child's log pools open at once (the engine's loop and its commit
 # thread, the read models' one runner): the default 5 per log would triple serve's connections.
 CHILD_POOL = 1
+# The engine child's waits for a lost database: 1 s, doubling up to 30 s.
+STORE_RETRY_FIRST, STORE_RETRY_MAX = 1.0, 30.0
+
+
+class ProcessFlag:
+    """A flag shared with the child processes (``set``, ``clear``, ``is_set``, ``wait``, as a
+    ``threading.Event``), whose ``set`` never blocks.
+
+    ``multiprocessing.Event.set`` notifies through a ``Condition`` that waits until every process
+    sleeping in ``wait`` has acknowledged; one killed while it waited (a crashed child) never
+    does, and ``set`` then blocks for ever. Seen: the engine stuck at its next commit, waking
+    the read models, after their child was SIGKILLed (the exchange stopped matching, /readyz
+    still said ok); serve's shutdown stuck on the engine's ``stop`` after that child had died.
+    Here the level is a shared byte and waiters sleep on a semaphore, whose ``release`` waits for
+    no one. Every wait in serve has a timeout, so a waiter that misses a token still sees the
+    level at its next look.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._level = ctx.RawValue("b", 0)
+        self._tokens = ctx.Semaphore(0)
+
+    def set(self) -> None:
+        if not self._level.value:
+            self._level.value = 1
+            self._tokens.release()
+
+    def clear(self) -> None:
+        self._level.value = 0  # first: a set() from now on is kept (the level), not drained
+        while self._tokens.acquire(False):
+            pass
+
+    def is_set(self) -> bool:
+        return bool(self._level.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._level.value:
+            return True
+        if self._tokens.acquire(True, timeout) and self._level.value:
+            self._tokens.release()  # the level stays: the next waiter wakes too
+        return bool(self._level.value)
 
 
 class MeteredSequencer(Sequencer):
@@ -193,7 +234,7 @@ class BackgroundProcess:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        self.wake, self.stop = ctx.Event(), ctx.Event()
+        self.wake, self.stop = ProcessFlag(ctx), ProcessFlag(ctx)
         self.hint = ProjectedHint()
         self._passes, passes = ctx.Pipe(duplex=False)
         self._child_end = passes
@@ -293,8 +334,8 @@ class EngineProcess:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        self.wake, self._stop = ctx.Event(), ctx.Event()
-        self._ready = ctx.Event()
+        self.wake, self._stop = ProcessFlag(ctx), ProcessFlag(ctx)
+        self._ready = ProcessFlag(ctx)
         # request position, exchange position; written by the child only (8-byte aligned
         # words: a reader sees each one whole)
         self._positions = ctx.RawArray("q", 2)
@@ -404,13 +445,41 @@ def _engine_main(settings: Settings, wake: Any, stop: Any, ready: Any, projectio
         with contextlib.suppress(OSError):
             batches.send_bytes(n.to_bytes(4, "little"))
 
-    sequencer = MeteredSequencer(build_logs(settings, create_tables=False, pool_size=CHILD_POOL), committed)
-    positions[0], positions[1] = sequencer.request_position, sequencer.exchange_position
-    log.info("engine recovered at seq %s, request position %s", sequencer.seq, sequencer.request_position)
-    settle_heap()
-    ready.set()
-    try:
-        sequencer.run(stop, wake, min_idle=0.01)
-        sequencer.decide_the_rest()
-    finally:
-        sequencer.close()
+    # A lost database (a restart, a failover, connections terminated) is waited out here: the
+    # engine is rebuilt from what the logs committed — exactly what a restart of the process
+    # would do — as soon as the database answers again, instead of this child exiting and
+    # leaving serve up with no engine. Any other error ends the child as before (/readyz
+    # reports it): a request the engine cannot decide must stop it, never be retried past.
+    backoff = STORE_RETRY_FIRST
+    recovered = False
+    while True:
+        logs: Logs | None = None
+        try:
+            logs = build_logs(settings, create_tables=False, pool_size=CHILD_POOL)
+            sequencer = MeteredSequencer(logs, committed)
+            positions[0], positions[1] = sequencer.request_position, sequencer.exchange_position
+            log.info("engine recovered at seq %s, request position %s", sequencer.seq,
+                     sequencer.request_position)
+            if not recovered:
+                settle_heap()
+                recovered = True
+            ready.set()
+            backoff = STORE_RETRY_FIRST
+            try:
+                sequencer.run(stop, wake, min_idle=0.01)
+                sequencer.decide_the_rest()
+                return
+            finally:
+                sequencer.close()
+        except STORE_UNREACHABLE as exc:
+            if stop.is_set():
+                raise
+            log.error("engine: the database failed (%s: %s); nothing uncommitted is kept, recovering "
+                      "from the logs in %.0f s", type(exc).__name__, str(exc).strip(), backoff)
+        finally:
+            if logs is not None:
+                close_logs(logs)
+        if stop.wait(backoff):
+            return
+        backoff = min(backoff * 2, STORE_RETRY_MAX)
+

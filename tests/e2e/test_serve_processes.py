@@ -11,9 +11,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
+from psycopg import sql
 
 from api.reads import ProjectionReads
 from projections.store import open_read_store
@@ -129,3 +134,88 @@ def test_a_dead_child_shows_in_readyz_and_children_stop_when_serve_is_killed(
         assert gone_within(named["spotex-engine"], 10), "the engine process outlived serve"
     finally:
         stop_server(server)
+
+
+def readyz_until(server_url: str, check: Callable[[httpx.Response], bool], seconds: float) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            r = httpx.get(server_url + "/readyz", timeout=30)  # its store checks wait ≤ 5 s each
+            if check(r) or time.monotonic() > deadline:
+                return r
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def test_a_killed_read_model_child_neither_stops_the_engine_nor_serves_shutdown(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Given serve on PostgreSQL whose read-model child is SIGKILLed, when orders come in, then
+    the engine still decides them (it wakes the dead child's flag without waiting for it), and
+    SIGTERM still stops serve after draining every acknowledged request."""
+    server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
+    try:
+        named = children(server.proc.pid)
+        os.kill(named["spotex-models"], signal.SIGKILL)
+        acknowledged = place(Api(server.url).login("alice", "alice"), 20, "after-kill")
+        r = readyz_until(server.url, lambda r: r.json()["engine"].get("lag") == 0, 20)
+        assert r.json()["engine"]["position"] >= max(acknowledged), r.text
+        assert r.json()["process"]["projections_thread"] == "stopped: exit code -9", r.text
+    finally:
+        stop_server(server, signal.SIGTERM)
+    assert server.proc.returncode is not None and "spotex stopped" in server.output(), server.output()
+    logs = build_logs(Settings(database_url=postgres_url), create_tables=False)
+    assert logs.engine_position() == logs.last_request_position() >= max(acknowledged)
+
+
+@pytest.mark.parametrize("outage", [
+    "short",  # the library's own retries of a read ride it out
+    pytest.param("long", marks=pytest.mark.slow),  # until they give up: the engine rebuilds itself
+])
+def test_serve_waits_out_a_lost_database_and_goes_on(
+        outage: str, tmp_path: Path, make_postgres_database: Callable[[], AbstractContextManager[str]],
+) -> None:
+    """Given serve on PostgreSQL, when the database refuses connections and drops the ones it
+    had (a restart, a failover), then reads answer 503 ``unavailable`` with ``Retry-After`` and
+    /readyz says not ready (in seconds); when it is back, the same processes go on — after a long
+    outage the engine rebuilt from the committed logs, as a restart would — and a command is
+    decided and shown as before."""
+    with make_postgres_database() as url:
+        name = url.rsplit("/", 1)[1]
+        admin_url = url.rsplit("/", 1)[0] + "/postgres"
+        server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": url})
+        try:
+            named = children(server.proc.pid)
+            anon = Api(server.url)
+            listed(anon.login("admin", "admin"))
+            alice = anon.login("alice", "alice")
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                    sql.Identifier(name)))
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                              (name,))
+                try:
+                    r = alice.get("/v1/balances")
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
+                    assert readyz_until(server.url, lambda r: r.status_code == 503, 20).status_code == 503
+                    deadline = time.monotonic() + (120 if outage == "long" else 2)
+                    while (time.monotonic() < deadline
+                           and "engine: the database failed" not in server.output()):
+                        time.sleep(0.5)
+                finally:
+                    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                        sql.Identifier(name)))
+            r = readyz_until(server.url, lambda r: r.status_code == 200, 90)
+            assert r.status_code == 200, r.text
+            order = ok(alice.post("/v1/orders?wait=true", {"market": "BTC-USDT", "side": "buy",
+                                                           "type": "limit", "price": "1", "quantity": "1"}))
+            assert order["status"] == "open", order
+            assert children(server.proc.pid) == named  # the same processes went on
+        finally:
+            code = stop_server(server, signal.SIGINT)
+        assert code == 0, server.output()
+        if outage == "long":
+            assert "engine: the database failed" in server.output()
+            assert server.output().count("engine recovered at seq") == 2, server.output()
