@@ -199,6 +199,11 @@ def test_serve_waits_out_a_lost_database_and_goes_on(
                     r = alice.get("/v1/balances")
                     assert r.status_code == 503, r.text
                     assert r.json()["error"]["code"] == "unavailable" and r.headers["Retry-After"] == "1"
+                    # a command is not acknowledged: 503, and its retry later is applied once
+                    lost = {"market": "BTC-USDT", "side": "buy", "type": "limit", "price": "1",
+                            "quantity": "1", "client_order_id": "in-the-outage"}
+                    r = alice.post("/v1/orders", lost)
+                    assert r.status_code == 503, r.text
                     assert readyz_until(server.url, lambda r: r.status_code == 503, 20).status_code == 503
                     deadline = time.monotonic() + (120 if outage == "long" else 2)
                     while (time.monotonic() < deadline
@@ -212,6 +217,9 @@ def test_serve_waits_out_a_lost_database_and_goes_on(
             order = ok(alice.post("/v1/orders?wait=true", {"market": "BTC-USDT", "side": "buy",
                                                            "type": "limit", "price": "1", "quantity": "1"}))
             assert order["status"] == "open", order
+            retried = ok(alice.post("/v1/orders?wait=true", lost))
+            again = ok(alice.post("/v1/orders?wait=true", lost))
+            assert retried["order_id"] == again["order_id"] and retried["status"] == "open", (retried, again)
             assert children(server.proc.pid) == named  # the same processes went on
         finally:
             code = stop_server(server, signal.SIGINT)
