@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import io
 import json
 import os
@@ -44,19 +43,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# This checkout first, unless the installed spotex (e.g. the compiled build) is the one to measure:
-# then its packages are imported first, from the installation (bench.engine puts the checkout first
-# on sys.path; submodules then still come from the packages already imported), and the checkout
-# only lends ``bench``. The segment workers run this module again, so they do the same.
+# Which spotex is measured (bench/_build.py): this checkout, or with --installed the installed build.
 ROOT = str(Path(__file__).resolve().parent.parent)
-INSTALLED = "--installed" in sys.argv[1:]
-if INSTALLED:
-    # not this script's directory either: its engine.py would be imported as ``engine``
-    sys.path[:] = [p for p in sys.path if p not in (ROOT, os.path.join(ROOT, "bench"))] + [ROOT]
-    for _package in ("api", "domain", "engine", "projections", "spotex"):
-        importlib.import_module(_package)
-else:
-    sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+    sys.path.append(ROOT)  # for bench._build itself
+from bench._build import choose, describe
+
+INSTALLED = choose(ROOT, sys.argv)
 
 from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, server_info
@@ -220,14 +213,7 @@ def build_info() -> str:
     names = ["domain.ledger", "engine.exchange", "engine.handlers", "engine.trading", "engine.book",
              "engine.appliers", "engine.audit", "engine.audit_reexec", "engine.audit_ledger",
              "engine.audit_book", "engine.audit_decode", "spotex.audit_cli"]
-    files = {n: str(importlib.import_module(n).__file__) for n in names}
-    compiled = [n for n, f in files.items() if f.endswith(".so")]
-    where = os.path.dirname(os.path.dirname(files["engine.exchange"]))
-    if not compiled:
-        return f"build: pure Python (from {where})"
-    python = [n for n in names if n not in compiled]
-    return (f"build: compiled with mypyc (from {where}): {len(compiled)} of {len(names)} audit-path modules "
-            f"are C extensions" + (f"; Python: {', '.join(python)}" if python else ""))
+    return describe(names, "audit-path")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import importlib
 import io
 import os
 import pstats
@@ -47,19 +46,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-# This checkout first, unless the installed spotex (e.g. the compiled build) is the one to measure:
-# then its packages are imported first, from the installation (bench.engine puts the checkout first
-# on sys.path; submodules then still come from the packages already imported), and the checkout
-# only lends ``bench``. A parallel rebuild's processes run this module again, so they do the same.
+# Which spotex is measured (bench/_build.py): this checkout, or with --installed the installed build.
 ROOT = str(Path(__file__).resolve().parent.parent)
-INSTALLED = "--installed" in sys.argv[1:]
-if INSTALLED:
-    # not this script's directory either: bench/engine.py would be imported as ``engine``
-    sys.path[:] = [p for p in sys.path if p not in (ROOT, os.path.join(ROOT, "bench"))] + [ROOT]
-    for _package in ("api", "domain", "engine", "projections", "spotex"):
-        importlib.import_module(_package)
-else:
-    sys.path.insert(0, ROOT)
+if ROOT not in sys.path:
+    sys.path.append(ROOT)  # for bench._build itself
+from bench._build import choose, describe
+
+INSTALLED = choose(ROOT, sys.argv)
 
 from bench._machine import print_machine
 from bench.engine import Workload, fill_requests, scratch_store, server_info
@@ -117,14 +110,7 @@ def build_info() -> str:
     extensions (the projection folds and their base, and the engine modules they import)."""
     names = ["projections.base", *sorted({c.__module__ for c in PROJECTIONS.values()}),
              "domain.amounts", "domain.markets", "engine.jsondecode"]
-    files = {n: str(importlib.import_module(n).__file__) for n in names}
-    compiled = [n for n, f in files.items() if f.endswith(".so")]
-    where = os.path.dirname(os.path.dirname(files["projections.base"]))
-    if not compiled:
-        return f"build: pure Python (from {where})"
-    python = [n for n in names if n not in compiled]
-    return (f"build: compiled with mypyc (from {where}): {len(compiled)} of {len(names)} rebuild-path "
-            "modules are C extensions" + (f"; Python: {', '.join(python)}" if python else ""))
+    return describe(names, "rebuild-path")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
