@@ -9,6 +9,7 @@ exact cost before any money moves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from domain.amounts import AmountError, to_units
@@ -33,32 +34,25 @@ _converted: dict[tuple[bool, str, str], int] = {}
 
 def price_ticks(market: Market, text: object) -> int:
     """``market.price_ticks(text)``, remembered."""
-    if type(text) is not str:
-        return market.price_ticks(text)
-    key = (True, market.tick_size, text)
-    ticks = _converted.get(key)
-    if ticks is None:
-        ticks = market.price_ticks(text)
-        _remember(key, ticks)
-    return ticks
+    return _remembered(market.price_ticks, True, market.tick_size, text)
 
 
 def quantity_lots(market: Market, text: object) -> int:
     """``market.quantity_lots(text)``, remembered."""
+    return _remembered(market.quantity_lots, False, market.lot_size, text)
+
+
+def _remembered(convert: Callable[[object], int], price: bool, size: str, text: object) -> int:
     if type(text) is not str:
-        return market.quantity_lots(text)
-    key = (False, market.lot_size, text)
-    lots = _converted.get(key)
-    if lots is None:
-        lots = market.quantity_lots(text)
-        _remember(key, lots)
-    return lots
-
-
-def _remember(key: tuple[bool, str, str], value: int) -> None:
-    if len(_converted) >= MEMO_SIZE:
-        _converted.clear()
-    _converted[key] = value
+        return convert(text)
+    key = (price, size, text)
+    units = _converted.get(key)
+    if units is None:
+        units = convert(text)
+        if len(_converted) >= MEMO_SIZE:
+            _converted.clear()
+        _converted[key] = units
+    return units
 
 
 def merge_postings(*rows: tuple[str, str, int, int]) -> list[list[object]]:
