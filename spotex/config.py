@@ -135,6 +135,18 @@ class Tuning:
         )
 
 
+def _rate_limits(text: str) -> str:
+    """``SPOTEX_RATE_LIMITS`` as given, once the api's parser reads it (it is parsed again when
+    the limiter is built): a malformed one stops every command at start, like the tuning."""
+    from api.ratelimit import parse_limits  # stdlib only: no import cycle, no cost
+
+    try:
+        parse_limits(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("spotex-data")
@@ -166,7 +178,7 @@ class Settings:
             broker_url=e.get("SPOTEX_BROKER_URL") or None,
             jwt_secret=e.get("SPOTEX_JWT_SECRET") or DEFAULT_JWT_SECRET,
             users_file=Path(users_file) if users_file else None,
-            rate_limits=e.get("SPOTEX_RATE_LIMITS") or "user=50/s,ip=200/s",
+            rate_limits=_rate_limits(e.get("SPOTEX_RATE_LIMITS") or "user=50/s,ip=200/s"),
             env=e.get("SPOTEX_ENV") or "development",
             tuning=Tuning.from_env(e),
         )

@@ -115,3 +115,20 @@ def test_every_tuning_variable_is_in_the_operations_doc() -> None:
     assert len(names) >= 19 and {name for name, _ in BAD_TUNING} <= names
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     assert [name for name in sorted(names) if f"`{name}`" not in doc] == []
+
+
+@pytest.mark.parametrize("value", ["garbage", "user=0/s", "user=50/s,ip=x"])
+def test_malformed_rate_limits_are_refused_at_start(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``SPOTEX_RATE_LIMITS`` was read only when the api's limiter was built: ``spotex serve``
+    had created its data directory and died with a traceback. Now every command refuses it."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("SPOTEX_DATA_DIR", str(data))
+    monkeypatch.delenv("SPOTEX_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SPOTEX_RATE_LIMITS", value)
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.startswith("spotex serve: SPOTEX_RATE_LIMITS: ")
+    assert not data.exists()
+    assert Settings.from_env({"SPOTEX_RATE_LIMITS": "off"}).rate_limits == "off"
+    assert Settings.from_env({"SPOTEX_RATE_LIMITS": "user=5/m"}).rate_limits == "user=5/m"
