@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from engine.log import Logs
@@ -173,7 +173,7 @@ class ProjectedHint:
 class BackgroundThreads:
     """The read models and the webhook delivery as threads of this process (SQLite)."""
 
-    def __init__(self, settings: Settings, logs: Logs, store: Any, env: Mapping[str, str]) -> None:
+    def __init__(self, settings: Settings, logs: Logs, store: Any) -> None:
         from projections.runner import run_in_process
         from projections.webhooks import DeliveryRunner, WebhookConfig
 
@@ -230,7 +230,7 @@ class BackgroundProcess:
     process has drained the engine and sets ``stop``, or when this process is gone.
     """
 
-    def __init__(self, settings: Settings, env: Mapping[str, str]) -> None:
+    def __init__(self, settings: Settings) -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
@@ -239,7 +239,7 @@ class BackgroundProcess:
         self._passes, passes = ctx.Pipe(duplex=False)
         self._child_end = passes
         self._process = ctx.Process(target=_background_main, name="spotex-projections",
-                                    args=(settings, dict(env), self.stop, self.wake, passes), daemon=True)
+                                    args=(settings, self.stop, self.wake, passes), daemon=True)
         self.projections = ChildState(self._process)
 
     def start(self, on_pass: Callable[[], None]) -> None:
@@ -261,7 +261,7 @@ class BackgroundProcess:
         """Delivery stops with the child, after the read models' last pass."""
 
 
-def _background_main(settings: Settings, env: dict[str, str], stop: Any, wake: Any, passes: Any) -> None:
+def _background_main(settings: Settings, stop: Any, wake: Any, passes: Any) -> None:
     """The child of ``serve`` on PostgreSQL: every read model and the webhook delivery."""
     from projections.runner import run_in_process
     from projections.store import open_read_store

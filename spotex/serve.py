@@ -132,10 +132,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
         # The engine, and the read models with the webhook delivery, in child processes: on the
         # server database they share nothing but it, and this process's GIL is left to HTTP
         # (under load the projections' fold took a quarter of it and the engine a seventh).
-        background = BackgroundProcess(settings, env)
+        background = BackgroundProcess(settings)
         engine = EngineProcess(settings, background.wake, on_batch)
     else:
-        background = BackgroundThreads(settings, logs, store, env)
+        background = BackgroundThreads(settings, logs, store)
         engine = EngineThread(logs, background.wake, on_batch)
     projections = background.projections
 
