@@ -19,8 +19,11 @@ mypyc, ``setup.py``) is measured from a virtualenv it is installed in, with ``--
    atomic swap) for each projection alone, then for all of them at once in one process (each
    log read once for all, one transaction per page for all), then all of them replayed in 2
    and 4 processes (``--processes``; groups of about equal cost, as ``spotex projections
-   rebuild all`` does on PostgreSQL). A rate is log events (outcomes; requests for
-   ``request_index``) per second of wall time; ``cpu`` is the CPU time of this process and its
+   rebuild all`` does on PostgreSQL). A rate is stored log events replayed per second of wall
+   time: a read model's own log's (outcomes; requests for ``request_index``), and for ``all``
+   both logs' (every outcome and every request is read, decoded and folded), as
+   ``bench/audit.py`` counts; ``all``'s lines also give outcomes/s. ``cpu`` and ``server`` are
+   per outcome for ``all``. ``cpu`` is the CPU time of this process and its
    children (decoding, folding, encoding rows), ``server`` that of the PostgreSQL backends
    serving it (a local server, read from /proc) — the rest of the wall time is waiting. The
    load average is printed with each line: on a shared machine the figures move with it.
@@ -172,7 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'rebuild':<22} {'events':>10} {'seconds':>8} {'events/s':>10} {'cpu s':>7} "
               f"{'cpu µs/event':>12} {'server s':>8} {'server µs':>9}  load (1 min)")
 
-        def timed(label: str, classes: list[type[Projection]], events: int, processes: int = 1) -> None:
+        def timed(label: str, classes: list[type[Projection]], events: int, processes: int = 1,
+                  per: int | None = None) -> None:
+            """``events``: the stored events the rebuild replays (the rate); ``per``: what the
+            CPU figures are divided by (default: ``events``)."""
+            per = per or events
             s0 = _server_cpu(settings) if processes == 1 else None
             t, c = time.perf_counter(), _cpu()
             parallel = Parallel(settings, processes) if processes > 1 else None
@@ -181,9 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             s1 = _server_cpu(settings) if s0 is not None else None
             server = f"{'—':>8} {'—':>9}"
             if s0 is not None and s1 is not None:
-                server = f"{s1 - s0:>8.2f} {1e6 * (s1 - s0) / events:>9,.0f}"
+                server = f"{s1 - s0:>8.2f} {1e6 * (s1 - s0) / per:>9,.0f}"
+            extra = f"  ({per / dt:,.0f} outcomes/s)" if per != events else ""
             print(f"{label:<22} {events:>10,} {dt:>8.2f} {events / dt:>10,.0f} {dc:>7.2f} "
-                  f"{1e6 * dc / events:>12,.0f} {server}  {os.getloadavg()[0]:.1f}", flush=True)
+                  f"{1e6 * dc / per:>12,.0f} {server}  {os.getloadavg()[0]:.1f}{extra}", flush=True)
 
         if not args.all_only:
             for name in names:
@@ -191,11 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timed(name, [cls], requests if cls.source == "requests" else outcomes)
         if not args.only:
             every = list(PROJECTIONS.values())
-            timed("all (14), 1 process", every, outcomes)
+            timed("all (14), 1 process", every, outcomes + requests, per=outcomes)
             for n in args.processes:
                 if n > 1:
-                    timed(f"all (14), {n} processes", every, outcomes, n)
-            print("all: exchange outcomes/s (the requests log, as long, is replayed beside); "
+                    timed(f"all (14), {n} processes", every, outcomes + requests, n, per=outcomes)
+            print("all: events are both logs' (every outcome and every request is replayed), "
+                  "cpu µs and server µs are per outcome; "
                   "cpu: this process and its children; server: the PostgreSQL backends of the "
                   "bench database (not the WAL writer's or checkpointer's share; not measured "
                   "with processes, whose backends end with them)")
