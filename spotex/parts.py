@@ -18,7 +18,9 @@ The channels, all one way:
 
 A child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the parent stops
 it in order — the engine drains every acknowledged request, then the read models catch up — and
-a child whose parent is gone (SIGKILL) stops by itself within a second. What the children
+a child whose parent is gone (SIGKILL) stops by itself within a second. A child killed by a
+signal (the kernel's OOM killer, an operator's ``kill -9``) is started again (``Child``); one
+that exited by itself with an error stays stopped for an operator to look at. What the children
 commit is exactly what the threads would: the engine is still the single writer of the exchange
 log, and each read model writes its rows and its position in one transaction.
 """
@@ -47,6 +49,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CHILD_POOL = 1
 # The engine child's waits for a lost database: 1 s, doubling up to 30 s.
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 1.0, 30.0
+# A killed child is started again after 1 s, doubling up to 30 s while it keeps being killed
+# within RESTART_RESET_SECONDS of its start; how often serve looks at its children.
+RESTART_FIRST, RESTART_MAX, RESTART_RESET_SECONDS = 1.0, 30.0, 60.0
+SUPERVISE_EVERY = 0.2
 
 
 class ProcessFlag:
@@ -133,6 +139,9 @@ class Worker(threading.Thread):
             return f"stopped: {self.failure}"
         return "ok" if self.is_alive() else "stopped"
 
+    def stop(self) -> None:
+        """As ``Child.stop``; a thread is never started again."""
+
 
 class Runs(Protocol):
     """A thread or a child process doing background work, as health and shutdown see it."""
@@ -140,6 +149,7 @@ class Runs(Protocol):
     def is_alive(self) -> bool: ...
     def join(self, timeout: float | None = None) -> None: ...
     def state(self) -> str: ...
+    def stop(self) -> None: ...
 
 
 class Flag(Protocol):
@@ -200,23 +210,103 @@ class BackgroundThreads:
         self._delivery.join(timeout=30)
 
 
-class ChildState:
-    """A child process as ``/readyz`` and the shutdown see a ``Worker``."""
+class Child:
+    """A child process of serve, started again when something outside kills it.
 
-    def __init__(self, process: Any) -> None:
-        self.process = process
+    A child ended by a signal (exit code < 0: the OOM killer, ``kill -9``) lost nothing that was
+    acknowledged: what it did is committed in the database or was never done, and a new one goes
+    on from there — the engine recovers from the logs, the read models resume at their tracking
+    rows — after ``RESTART_FIRST`` seconds, doubling up to ``RESTART_MAX`` while it keeps being
+    killed within ``RESTART_RESET_SECONDS`` of its start. A child that exited by itself with an
+    error stays stopped: that is a failure to look at, not one to retry past (``/readyz`` and
+    the log say which and how). Nothing is started again once ``stop`` was called.
+
+    ``target(*args, send)`` runs in the child; ``relay(receive)`` in a thread of this process
+    reads what it sends until it is gone (a new pipe for each start).
+    """
+
+    def __init__(self, ctx: Any, name: str, target: Callable[..., None], args: tuple[Any, ...],
+                 relay: Callable[[Any], None], before_start: Callable[[], None] | None = None) -> None:
+        self._ctx, self.name, self._target, self._args = ctx, name, target, args
+        self._relay, self._before_start = relay, before_start
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._stopping = False
+        self._started_at = 0.0
+        self._backoff = RESTART_FIRST
+        self._due: float | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        with self._lock:
+            self._spawn()
+        threading.Thread(target=self._supervise, name=f"{self.name}-supervisor", daemon=True).start()
+
+    def _spawn(self) -> None:
+        if self._before_start is not None:
+            self._before_start()
+        receive, send = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=self._target, name=self.name, args=(*self._args, send),
+                                    daemon=True)
+        process.start()
+        send.close()  # only the child writes: EOF here once it is gone
+        self._process, self._started_at = process, time.monotonic()
+        threading.Thread(target=self._relay, args=(receive,), name=f"{self.name}-relay", daemon=True).start()
+
+    def _supervise(self) -> None:
+        while True:
+            time.sleep(SUPERVISE_EVERY)
+            with self._lock:
+                if self._stopping:
+                    return
+                self._look()
+
+    def _look(self) -> None:
+        process = self._process
+        if process.is_alive() or process.exitcode is None or process.exitcode >= 0:
+            return  # running, or ended by itself: not started again
+        now = time.monotonic()
+        if self._due is None:
+            lived = now - self._started_at
+            if lived >= RESTART_RESET_SECONDS:
+                self._backoff = RESTART_FIRST
+            self._due = now + self._backoff
+            log.error("%s (pid %s) was killed by signal %s after %.0f s; starting it again in %.0f s",
+                      self.name, process.pid, -process.exitcode, lived, self._backoff)
+            return
+        if now < self._due:
+            return
+        self._due = None
+        self._backoff = min(self._backoff * 2, RESTART_MAX)
+        self.restarts += 1
+        self._spawn()
+        log.warning("%s started again (pid %s; restart %s)", self.name, self._process.pid, self.restarts)
+
+    def stop(self) -> None:
+        """Start it again no more (serve is stopping)."""
+        with self._lock:
+            self._stopping = True
 
     def is_alive(self) -> bool:
-        return bool(self.process.is_alive())
+        return bool(self._process.is_alive())
 
     def join(self, timeout: float | None = None) -> None:
-        self.process.join(timeout)
+        self._process.join(timeout)
+
+    def exitcode(self) -> int | None:
+        code: int | None = self._process.exitcode
+        return code
 
     def state(self) -> str:
-        if self.process.is_alive():
+        """"ok" while it runs; else how it ended, and whether it is being started again."""
+        process = self._process
+        if process.is_alive():
             return "ok"
-        code = self.process.exitcode
-        return "stopped" if code in (0, None) else f"stopped: exit code {code}"
+        code = process.exitcode
+        if code in (0, None):
+            return "stopped"
+        again = "; starting it again" if code < 0 and not self._stopping else ""
+        return f"stopped: exit code {code}{again}"
 
 
 class BackgroundProcess:
@@ -227,7 +317,8 @@ class BackgroundProcess:
     which the child reports each committed pass with the position every read model is at (8
     bytes; empty while one is not loaded), which ``?wait=true`` waiters go by.
     It ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): it stops when this
-    process has drained the engine and sets ``stop``, or when this process is gone.
+    process has drained the engine and sets ``stop``, or when this process is gone. Killed, it
+    is started again (``Child``): each read model resumes at its tracking row.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -236,26 +327,22 @@ class BackgroundProcess:
         ctx = multiprocessing.get_context("spawn")
         self.wake, self.stop = ProcessFlag(ctx), ProcessFlag(ctx)
         self.hint = ProjectedHint()
-        self._passes, passes = ctx.Pipe(duplex=False)
-        self._child_end = passes
-        self._process = ctx.Process(target=_background_main, name="spotex-projections",
-                                    args=(settings, self.stop, self.wake, passes), daemon=True)
-        self.projections = ChildState(self._process)
+        self._on_pass: Callable[[], None] = lambda: None
+        self.projections = Child(ctx, "spotex-models", _background_main,
+                                 (settings, self.stop, self.wake), self._relay, before_start=self.wake.set)
 
     def start(self, on_pass: Callable[[], None]) -> None:
-        self._process.start()
-        self._child_end.close()  # only the child writes: EOF here once it is gone
-        threading.Thread(target=self._relay, args=(on_pass,), name="spotex-projection-passes",
-                         daemon=True).start()
+        self._on_pass = on_pass
+        self.projections.start()
 
-    def _relay(self, on_pass: Callable[[], None]) -> None:
+    def _relay(self, passes: Any) -> None:
         while True:
             try:
-                message = self._passes.recv_bytes()
+                message = passes.recv_bytes()
             except (EOFError, OSError):
                 return
             self.hint.push(int.from_bytes(message, "little") if message else None)
-            _safely(on_pass)
+            _safely(self._on_pass)
 
     def stop_delivery(self) -> None:
         """Delivery stops with the child, after the read models' last pass."""
@@ -328,7 +415,8 @@ class EngineThread:
 
 
 class EngineProcess:
-    """The sequencer in a child process (PostgreSQL)."""
+    """The sequencer in a child process (PostgreSQL). Killed, it is started again (``Child``):
+    the new engine recovers from the committed logs, as a restart of serve would."""
 
     def __init__(self, settings: Settings, projections_wake: Any, on_batch: Callable[[int], None]) -> None:
         import multiprocessing
@@ -339,28 +427,27 @@ class EngineProcess:
         # request position, exchange position; written by the child only (8-byte aligned
         # words: a reader sees each one whole)
         self._positions = ctx.RawArray("q", 2)
-        self._batches, batches = ctx.Pipe(duplex=False)
-        self._child_end = batches
         self._on_batch = on_batch
-        self._process = ctx.Process(
-            target=_engine_main, name="spotex-engine",
-            args=(settings, self.wake, self._stop, self._ready, projections_wake, self._positions, batches),
-            daemon=True)
-        self._state = ChildState(self._process)
+        self._child = Child(
+            ctx, "spotex-engine", _engine_main,
+            (settings, self.wake, self._stop, self._ready, projections_wake, self._positions),
+            self._relay, before_start=self._before_start)
+
+    def _before_start(self) -> None:
+        self._ready.clear()
+        self.wake.set()  # a new engine looks at the requests log at once
 
     def start(self) -> None:
-        self._process.start()
-        self._child_end.close()
-        threading.Thread(target=self._relay, name="spotex-engine-batches", daemon=True).start()
+        self._child.start()
         while not self._ready.wait(0.1):  # recovery: snapshot and replay
-            if not self._process.is_alive():
+            if not self._child.is_alive():
                 return
         self.wake.set()
 
-    def _relay(self) -> None:
+    def _relay(self, batches: Any) -> None:
         while True:
             try:
-                n = int.from_bytes(self._batches.recv_bytes(), "little")
+                n = int.from_bytes(batches.recv_bytes(), "little")
             except (EOFError, OSError):
                 return
             _safely(self._on_batch, n)
@@ -369,19 +456,20 @@ class EngineProcess:
         return self._positions[0], self._positions[1]
 
     def is_alive(self) -> bool:
-        return self._state.is_alive()
+        return self._child.is_alive()
 
     def state(self) -> str:
-        return self._state.state()
+        return self._child.state()
 
     def failed(self) -> str | None:
-        return None if self._process.exitcode in (0, None) else self.state()
+        return None if self._child.exitcode() in (0, None) else self.state()
 
     def stop_and_drain(self) -> None:
         """The child stops its loop, decides every request already appended and exits."""
+        self._child.stop()
         self._stop.set()
         self.wake.set()
-        self._process.join()
+        self._child.join()
 
 
 def settle_heap() -> None:

@@ -222,6 +222,7 @@ def _shut_down(engine: EngineThread | EngineProcess, background: BackgroundThrea
     head = logs.last_outcome_position()
     projections_wake.set()
     _await_projected(projections, services, head, time.monotonic() + DRAIN_PROJECTIONS_SECONDS, 0.05)
+    projections.stop()  # not started again from here on
     projections_stop.set()
     projections_wake.set()
     projections.join(timeout=30)

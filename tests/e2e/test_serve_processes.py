@@ -2,7 +2,8 @@
 
 Given a served exchange on the real PostgreSQL, when traders place orders and serve is stopped
 with SIGINT, then every acknowledged request was decided and every read model shows it; when a
-child dies, ``/readyz`` says which; when serve itself is SIGKILLed, its children do not linger.
+child is killed, it is started again and goes on from what was committed; when serve itself is
+SIGKILLed, its children do not linger.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -112,30 +114,6 @@ def test_children_do_the_work_and_sigint_drains_every_acknowledged_request(
         store.close()
 
 
-def test_a_dead_child_shows_in_readyz_and_children_stop_when_serve_is_killed(
-        tmp_path: Path, postgres_url: str) -> None:
-    server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
-    try:
-        named = children(server.proc.pid)
-        assert "spotex-models" in named, named
-        os.kill(named["spotex-models"], signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            r = Api(server.url).get("/readyz")
-            if r.status_code == 503:
-                break
-            time.sleep(0.1)
-        assert r.status_code == 503, r.text
-        body = r.json()
-        assert body["process"]["projections_thread"] == "stopped: exit code -9", body
-        assert body["process"]["engine_thread"] == "ok"
-        server.proc.kill()  # SIGKILL: no orderly stop; the engine's child must notice and stop
-        server.proc.wait()
-        assert gone_within(named["spotex-engine"], 10), "the engine process outlived serve"
-    finally:
-        stop_server(server)
-
-
 def readyz_until(server_url: str, check: Callable[[httpx.Response], bool], seconds: float) -> httpx.Response:
     deadline = time.monotonic() + seconds
     while True:
@@ -149,24 +127,90 @@ def readyz_until(server_url: str, check: Callable[[httpx.Response], bool], secon
         time.sleep(0.2)
 
 
-def test_a_killed_read_model_child_neither_stops_the_engine_nor_serves_shutdown(
+def started_again(server: Any, name: str, old: int, seconds: float = 30) -> int:
+    """The pid of serve's child ``name`` once it is another process than ``old``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pid = children(server.proc.pid, 1).get(name)
+        if pid is not None and pid != old:
+            return pid
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.1)
+
+
+def test_a_killed_read_model_child_is_started_again_and_catches_up(
         tmp_path: Path, postgres_url: str) -> None:
-    """Given serve on PostgreSQL whose read-model child is SIGKILLed, when orders come in, then
-    the engine still decides them (it wakes the dead child's flag without waiting for it), and
-    SIGTERM still stops serve after draining every acknowledged request."""
+    """Given serve on PostgreSQL whose read-model child is SIGKILLed (the OOM killer, an
+    operator), when orders come in, then the engine still decides them (it wakes the dead
+    child's flag without waiting for it); serve starts the child again, which resumes each read
+    model at its tracking row and shows every order; /readyz is ok again; SIGTERM still stops
+    serve after draining every acknowledged request."""
     server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
     try:
         named = children(server.proc.pid)
+        anon = Api(server.url)
+        listed(anon.login("admin", "admin"))
+        alice = anon.login("alice", "alice")
         os.kill(named["spotex-models"], signal.SIGKILL)
-        acknowledged = place(Api(server.url).login("alice", "alice"), 20, "after-kill")
-        r = readyz_until(server.url, lambda r: r.json()["engine"].get("lag") == 0, 20)
+        acknowledged = place(alice, 20, "after-kill")
+        started_again(server, "spotex-models", named["spotex-models"])
+        r = readyz_until(server.url, lambda r: r.status_code == 200, 60)
+        assert r.status_code == 200, r.text
         assert r.json()["engine"]["position"] >= max(acknowledged), r.text
-        assert r.json()["process"]["projections_thread"] == "stopped: exit code -9", r.text
+        assert r.json()["process"] == {"engine_thread": "ok", "projections_thread": "ok"}, r.text
+        # wait=true answers once every read model shows it: the new child is projecting
+        ok(alice.post("/v1/orders?wait=true", {"market": "BTC-USDT", "side": "buy", "type": "limit",
+                                               "price": "1", "quantity": "1", "client_order_id": "shown"}))
+        shown = ok(alice.get("/v1/orders?status=all&limit=1000"))["data"]
+        ids = {o["client_order_id"] for o in shown}
+        assert {f"after-kill{i}" for i in range(20)} | {"shown"} <= ids, shown
+        killed = f"spotex-models (pid {named['spotex-models']}) was killed by signal 9"
+        assert killed in server.output(), server.output()
     finally:
         stop_server(server, signal.SIGTERM)
-    assert server.proc.returncode is not None and "spotex stopped" in server.output(), server.output()
+    assert server.proc.returncode == 0 and "spotex stopped" in server.output(), server.output()
     logs = build_logs(Settings(database_url=postgres_url), create_tables=False)
     assert logs.engine_position() == logs.last_request_position() >= max(acknowledged)
+
+
+def test_a_killed_engine_child_is_started_again_from_the_logs(tmp_path: Path, postgres_url: str) -> None:
+    """Given serve on PostgreSQL whose engine child is SIGKILLed, when orders are acknowledged
+    while it is down, then a new engine recovers from the committed logs and decides each of them
+    once; when serve itself is SIGKILLed afterwards, none of its children lingers."""
+    server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
+    try:
+        named = children(server.proc.pid)
+        anon = Api(server.url)
+        listed(anon.login("admin", "admin"))
+        alice = anon.login("alice", "alice")
+        before = place(alice, 20, "before-kill")
+        os.kill(named["spotex-engine"], signal.SIGKILL)
+        during = place(alice, 20, "engine-down")  # acknowledged: appended to the requests log
+        engine = started_again(server, "spotex-engine", named["spotex-engine"])
+        r = readyz_until(server.url, lambda r: r.status_code == 200 and r.json()["engine"]["lag"] == 0, 60)
+        assert r.status_code == 200 and r.json()["engine"]["position"] >= max(during), r.text
+        # each acknowledged order decided once: a repeat of one answers with the same order
+        order = ok(alice.post("/v1/orders?wait=true", {"market": "BTC-USDT", "side": "buy", "type": "limit",
+                                                       "price": "1", "quantity": "1",
+                                                       "client_order_id": "engine-down0"}))
+        shown = ok(alice.get("/v1/orders?status=all&limit=1000"))["data"]
+        ids = [o["client_order_id"] for o in shown
+               if (o["client_order_id"] or "").startswith(("before-kill", "engine-down"))]
+        expected = [f"before-kill{i}" for i in range(20)] + [f"engine-down{i}" for i in range(20)]
+        assert sorted(ids) == sorted(expected), ids
+        assert [o["order_id"] for o in shown if o["client_order_id"] == "engine-down0"] == [order["order_id"]]
+        killed = f"spotex-engine (pid {named['spotex-engine']}) was killed by signal 9"
+        assert killed in server.output(), server.output()
+        assert server.output().count("engine recovered at seq") == 2, server.output()
+        models = children(server.proc.pid)["spotex-models"]
+        server.proc.kill()  # SIGKILL: no orderly stop; the children must notice and stop
+        server.proc.wait()
+        assert gone_within(engine, 10), "the engine process outlived serve"
+        assert gone_within(models, 10), "the read-model process outlived serve"
+    finally:
+        stop_server(server)
+    logs = build_logs(Settings(database_url=postgres_url), create_tables=False)
+    assert logs.engine_position() == logs.last_request_position() >= max(before + during)
 
 
 @pytest.mark.parametrize("outage", [
