@@ -259,7 +259,10 @@ class Child:
             with self._lock:
                 if self._stopping:
                     return
-                self._look()
+                try:
+                    self._look()
+                except Exception:  # a start that failed (no memory, no file descriptors): try again
+                    log.exception("%s could not be started again", self.name)
 
     def _look(self) -> None:
         process = self._process
