@@ -10,7 +10,6 @@ exact cost before any money moves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from domain.amounts import AmountError, to_units
 from domain.ledger import FEES
@@ -65,14 +64,27 @@ def merge_postings(*rows: tuple[str, str, int, int]) -> list[list[object]]:
     return [[a, s, v[0], v[1]] for (a, s), v in merged.items() if v[0] or v[1]]
 
 
-@dataclass(slots=True)
-class Plan:
-    """What a taker would do against the book: fills and self-trade cancels, in order."""
+def one_posting(account: str, asset: str, d_available: int, d_frozen: int) -> list[list[object]]:
+    """``merge_postings((account, asset, d_available, d_frozen))`` without the merging a single
+    row does not need: the row, or nothing when both deltas are zero."""
+    if d_available or d_frozen:
+        return [[account, asset, d_available, d_frozen]]
+    return []
 
-    steps: list[tuple[Order, int]] = field(default_factory=list)  # lots 0 = cancel the maker
-    lots: int = 0
-    cost: int = 0
-    stop: str | None = None  # "self_trade", "budget_spent" or None
+
+class Plan:
+    """What a taker would do against the book: fills and self-trade cancels, in order.
+
+    A plain class with its own ``__init__``, not a dataclass: compiled (setup.py), a dataclass's
+    generated ``__init__`` stays interpreted, and one is made per order taking."""
+
+    __slots__ = ("cost", "lots", "steps", "stop")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Order, int]] = []  # lots 0 = cancel the maker
+        self.lots = 0
+        self.cost = 0
+        self.stop: str | None = None  # "self_trade", "budget_spent" or None
 
 
 def plan(
@@ -195,7 +207,7 @@ def place_order(ex: Exchange, req: RequestRecord) -> None:
             "self_trade_prevention": stp,
             "hold_asset": hold_asset,
             "hold": hold,
-            "postings": merge_postings((user_id, hold_asset, -hold, hold)),
+            "postings": one_posting(user_id, hold_asset, -hold, hold),
         }
     )
     take(ex, market, ex.orders[req.request_id])
@@ -247,25 +259,17 @@ def trade(ex: Exchange, market: Market, maker: Order, taker: Order, lots: int) -
         maker_fee, maker_fee_asset = fee(quote_amount, market.maker_fee_rate), quote
         taker_used = quote_amount if taker.price is None else market.cost(taker.price, lots)
         maker_used = base_amount
-        postings = merge_postings(
-            (t, quote, taker_used - quote_amount, -taker_used),
-            (t, base, base_amount - taker_fee, 0),
-            (m, base, 0, -base_amount),
-            (m, quote, quote_amount - maker_fee, 0),
-            (FEES, base, taker_fee, 0),
-            (FEES, quote, maker_fee, 0),
+        postings = _trade_postings(
+            t, m, quote, base, taker_used - quote_amount, -taker_used, base_amount - taker_fee,
+            -base_amount, quote_amount - maker_fee, taker_fee, maker_fee,
         )
     else:
         taker_fee, taker_fee_asset = fee(quote_amount, market.taker_fee_rate), quote
         maker_fee, maker_fee_asset = fee(base_amount, market.maker_fee_rate), base
         taker_used, maker_used = base_amount, quote_amount
-        postings = merge_postings(
-            (t, base, 0, -base_amount),
-            (t, quote, quote_amount - taker_fee, 0),
-            (m, quote, 0, -quote_amount),
-            (m, base, base_amount - maker_fee, 0),
-            (FEES, quote, taker_fee, 0),
-            (FEES, base, maker_fee, 0),
+        postings = _trade_postings(
+            t, m, base, quote, 0, -base_amount, quote_amount - taker_fee,
+            -quote_amount, base_amount - maker_fee, taker_fee, maker_fee,
         )
     ex.emit(
         {
@@ -292,6 +296,50 @@ def trade(ex: Exchange, market: Market, maker: Order, taker: Order, lots: int) -
     )
 
 
+def _trade_postings(
+    t: str,
+    m: str,
+    paid: str,
+    got: str,
+    t_paid_available: int,
+    t_paid_frozen: int,
+    t_got: int,
+    m_gave_frozen: int,
+    m_got: int,
+    taker_fee: int,
+    maker_fee: int,
+) -> list[list[object]]:
+    """A trade's postings, exactly ``merge_postings`` of its six rows: the taker's change in the
+    asset it pays (``paid``) and in the one it gets (``got``), the maker's frozen ``got`` given
+    and its ``paid`` credited, the two fees to ``@fees``. When the three accounts differ and so do
+    the assets (always: a taker never trades with its own order, a market's base is not its
+    quote) each row has its own key, so merging keeps the rows as they are, in order, less those
+    that are zero; otherwise they are merged."""
+    if t in (m, FEES) or m == FEES or paid == got:
+        return merge_postings(
+            (t, paid, t_paid_available, t_paid_frozen),
+            (t, got, t_got, 0),
+            (m, got, 0, m_gave_frozen),
+            (m, paid, m_got, 0),
+            (FEES, got, taker_fee, 0),
+            (FEES, paid, maker_fee, 0),
+        )
+    out: list[list[object]] = []
+    if t_paid_available or t_paid_frozen:
+        out.append([t, paid, t_paid_available, t_paid_frozen])
+    if t_got:
+        out.append([t, got, t_got, 0])
+    if m_gave_frozen:
+        out.append([m, got, 0, m_gave_frozen])
+    if m_got:
+        out.append([m, paid, m_got, 0])
+    if taker_fee:
+        out.append([FEES, got, taker_fee, 0])
+    if maker_fee:
+        out.append([FEES, paid, maker_fee, 0])
+    return out
+
+
 def close(ex: Exchange, order: Order, status: str, reason: str) -> None:
     released = order.hold
     ex.emit(
@@ -303,7 +351,7 @@ def close(ex: Exchange, order: Order, status: str, reason: str) -> None:
             "status": status,
             "reason": reason,
             "released": released,
-            "postings": merge_postings((order.user_id, order.hold_asset, released, -released)),
+            "postings": one_posting(order.user_id, order.hold_asset, released, -released),
         }
     )
 
@@ -369,7 +417,7 @@ def amend_order(ex: Exchange, req: RequestRecord) -> None:
             "quantity": quantity,
             "priority": "kept" if kept else "lost",
             "hold": hold,
-            "postings": merge_postings((order.user_id, order.hold_asset, -delta, delta)),
+            "postings": one_posting(order.user_id, order.hold_asset, -delta, delta),
         }
     )
     if not kept:
