@@ -187,11 +187,12 @@ def _chain_hash(o: Outcome) -> str:
     if facts_json is None:
         body = _encode([o.seq, o.request_id, o.request_position, o.time, o.actor, o.command, o.facts])
         return hashlib.sha256((o.prev_hash + body).encode()).hexdigest()
-    # canonical([...]) is its items' canonical encodings joined by commas
-    e = scalar_json
+    # canonical([...]) is its items' canonical encodings joined by commas (scalar_json called by
+    # its name: through a local alias, compiled, each call went through the generic call path)
     head = (
-        f"{o.prev_hash}[{e(o.seq)},{e(o.request_id)},{e(o.request_position)},{e(o.time)},{e(o.actor)},"
-        f"{e(o.command)},"
+        f"{o.prev_hash}[{scalar_json(o.seq)},{scalar_json(o.request_id)},"
+        f"{scalar_json(o.request_position)},{scalar_json(o.time)},{scalar_json(o.actor)},"
+        f"{scalar_json(o.command)},"
     )
     h = hashlib.sha256(head.encode())
     h.update(facts_json if type(facts_json) is bytes else facts_json.encode())
@@ -234,6 +235,9 @@ class Audit:
         unknown = self.parts - set(PARTS)
         if unknown:
             raise ValueError(f"unknown audit parts {sorted(unknown)}")
+        # the parts as flags, read per outcome
+        self._chain_on, self._ledger_on = "chain" in self.parts, "ledger" in self.parts
+        self._book_on = "book" in self.parts
         self.tracked_position = tracked_position
         self.snapshots = snapshots or {}
         self.progress, self.progress_every = progress, progress_every
@@ -268,7 +272,7 @@ class Audit:
             found: list[AuditViolation] = []
             o = self._decide(item) if isinstance(item, Undecided) else item
             if isinstance(o, Unreadable):
-                if "chain" in self.parts:
+                if self._chain_on:
                     found.append(
                         AuditViolation(
                             "exchange", o.position, o.event_id, "undecodable", o.error, self.last_seq + 1
@@ -333,22 +337,22 @@ class Audit:
 
     def _outcome(self, o: Outcome, found: list[AuditViolation]) -> None:
         v = self._reporter(o, found)
-        if "chain" in self.parts:
+        if self._chain_on:
             self._chain(o, v)
         self.last_seq, self.last_hash = o.seq, o.hash
         if self.reexec is not None:
             self.reexec.outcome(o, v)
         self.last_request_position = max(self.last_request_position, o.request_position)
-        if "ledger" in self.parts:
+        if self._ledger_on:
             for code, message in self.ledger.outcome(o.facts):
                 v(code, message)
-        if "book" in self.parts:
+        if self._book_on:
             for code, message in self.book.outcome(o.facts):
                 v(code, message)
         if self.reexec is not None:
             self.reexec.check_snapshot(o, v)
         snap = self.snapshots.get(o.seq)
-        if snap is not None and ("ledger" in self.parts or "book" in self.parts):
+        if snap is not None and (self._ledger_on or self._book_on):
             self._check_folds(o.seq, snap, v)
 
     def _check_folds(self, seq: int, snap: Mapping[str, Any], v: Callable[..., None]) -> None:

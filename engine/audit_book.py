@@ -180,10 +180,11 @@ class BookCheck:
                     return order
         return None
 
-    def _order(self, oid: str, out: list[Problem], what: str) -> _Order | None:
+    def _order(self, oid: str, out: list[Problem], what: str, of: object = "") -> _Order | None:
+        """``f"{what}{of}"`` names the fact, put together only for a problem."""
         order = self.orders.get(oid)
         if order is None:
-            out.append(("unknown_order", f"{what} names order {oid}, which is not open"))
+            out.append(("unknown_order", f"{what}{of} names order {oid}, which is not open"))
         return order
 
 
@@ -221,8 +222,8 @@ def _booked(bc: BookCheck, f: Fact, out: list[Problem]) -> None:
 
 def _trade(bc: BookCheck, f: Fact, out: list[Problem]) -> None:
     tid = f["trade_id"]
-    maker = bc._order(f["maker_order_id"], out, f"trade {tid}")
-    taker = bc._order(f["taker_order_id"], out, f"trade {tid}")
+    maker = bc._order(f["maker_order_id"], out, "trade ", tid)
+    taker = bc._order(f["taker_order_id"], out, "trade ", tid)
     if maker is None or taker is None:
         return
     lots, price = f["quantity"], f["price"]

@@ -102,7 +102,10 @@ class LedgerCheck:
         balances, held = self.balances, self.held
         for key in touched:
             row = balances.get(key)
-            available, frozen = (0, 0) if row is None else row
+            if row is None:
+                available = frozen = 0
+            else:  # a row is always [available, frozen] (made by _post or seeded so)
+                available, frozen = row[0], row[1]
             account = key[0]
             if account[:1] == "@":
                 if frozen:
@@ -127,7 +130,12 @@ class LedgerCheck:
     def _post(self, kind: str, postings: list[Any], touched: Touched, out: list[Problem]) -> None:
         sums: dict[str, int] = {}
         balances = self.balances
-        for account, asset, d_available, d_frozen in postings:
+        for posting in postings:
+            if type(posting) is list and len(posting) == 4:  # as always: by index, not unpacked
+                row4: list[Any] = posting
+                account, asset, d_available, d_frozen = row4[0], row4[1], row4[2], row4[3]
+            else:  # unpacked, to fail as it always did
+                account, asset, d_available, d_frozen = posting
             if type(d_available) is not int or type(d_frozen) is not int:
                 raise TypeError(f"posting deltas must be integers: {d_available!r}, {d_frozen!r}")
             key = (account, asset)
@@ -157,18 +165,27 @@ class LedgerCheck:
         touched[key] = None
 
     def _change_hold(
-        self, hold_id: str, delta: int, touched: Touched, out: list[Problem], why: str
+        self,
+        hold_id: str,
+        delta: int,
+        touched: Touched,
+        out: list[Problem],
+        why: str,
+        of: object = "",
+        then: str = "",
     ) -> list[Any] | None:
+        """``f"{why}{of}{then}"`` says what changes the hold, put together only for a problem
+        (formatting it for every fact cost about as much as the rest of the change)."""
         hold = self.holds.get(hold_id)
         if hold is None:
-            out.append(("unknown_hold", f"{why}: no open hold {hold_id}"))
+            out.append(("unknown_hold", f"{why}{of}{then}: no open hold {hold_id}"))
             return None
         hold[2] += delta
         key = (hold[0], hold[1])
         self.held[key] += delta
         touched[key] = None
         if hold[2] < 0:
-            out.append(("hold_overdrawn", f"{why}: hold {hold_id} is now {hold[2]}"))
+            out.append(("hold_overdrawn", f"{why}{of}{then}: hold {hold_id} is now {hold[2]}"))
         return hold
 
     def _unique(self, space: set[str], key: str, code: str, out: list[Problem], what: str) -> None:
@@ -238,40 +255,58 @@ def _trade_executed(lc: LedgerCheck, f: Fact, touched: Touched, out: list[Proble
             )
         )
     buy = f["taker_side"] == "buy"
-    want = {  # (fee, asset) per side: each pays in the asset it receives
-        "taker": (fee(base_amount if buy else quote_amount, m.taker_rate), m.base if buy else m.quote),
-        "maker": (fee(quote_amount if buy else base_amount, m.maker_rate), m.quote if buy else m.base),
-    }
+    # (fee, asset) per side, taker then maker: each pays in the asset it receives
+    taker_fee = fee(base_amount if buy else quote_amount, m.taker_rate)
+    taker_asset = m.base if buy else m.quote
+    maker_fee = fee(quote_amount if buy else base_amount, m.maker_rate)
+    maker_asset = m.quote if buy else m.base
     fees_by_asset: dict[str, int] = {}
-    for side, (amount, asset) in want.items():
-        got = (f[f"{side}_fee"], f[f"{side}_fee_asset"])
-        if got != (amount, asset):
-            out.append(
-                (
-                    "fee_mismatch",
-                    f"trade {tid}: {side} fee should be {amount} {asset}, recorded {got[0]} {got[1]}",
-                )
-            )
-        fees_by_asset[got[1]] = fees_by_asset.get(got[1], 0) + got[0]
+    _fee(f, tid, "taker", f["taker_fee"], f["taker_fee_asset"], taker_fee, taker_asset, fees_by_asset, out)
+    _fee(f, tid, "maker", f["maker_fee"], f["maker_fee_asset"], maker_fee, maker_asset, fees_by_asset, out)
     credited: dict[str, int] = {}
     for account, asset, d_available, _d_frozen in f["postings"]:
         if account == FEES:
             credited[asset] = credited.get(asset, 0) + d_available
-    if {a: v for a, v in credited.items() if v} != {a: v for a, v in fees_by_asset.items() if v}:
+    # equal dicts stay equal with their zero entries left out: filter only when they differ
+    if credited != fees_by_asset and {a: v for a, v in credited.items() if v} != {
+        a: v for a, v in fees_by_asset.items() if v
+    }:
         out.append(("fee_mismatch", f"trade {tid}: @fees credited {credited}, the fees are {fees_by_asset}"))
-    lc._change_hold(f["maker_order_id"], -f["maker_hold_used"], touched, out, f"trade {tid} maker")
-    lc._change_hold(f["taker_order_id"], -f["taker_hold_used"], touched, out, f"trade {tid} taker")
+    lc._change_hold(f["maker_order_id"], -f["maker_hold_used"], touched, out, "trade ", tid, " maker")
+    lc._change_hold(f["taker_order_id"], -f["taker_hold_used"], touched, out, "trade ", tid, " taker")
+
+
+def _fee(
+    f: Fact,
+    tid: Any,
+    side: str,
+    got_fee: Any,
+    got_asset: Any,
+    amount: int,
+    asset: str,
+    fees_by_asset: dict[str, int],
+    out: list[Problem],
+) -> None:
+    """One side's recorded fee against what it should be; added to ``fees_by_asset``."""
+    if got_fee != amount or got_asset != asset:
+        out.append(
+            (
+                "fee_mismatch",
+                f"trade {tid}: {side} fee should be {amount} {asset}, recorded {got_fee} {got_asset}",
+            )
+        )
+    fees_by_asset[got_asset] = fees_by_asset.get(got_asset, 0) + got_fee
 
 
 def _order_amended(lc: LedgerCheck, f: Fact, touched: Touched, out: list[Problem]) -> None:
     hold = lc.holds.get(f["order_id"])
     delta = 0 if hold is None else f["hold"] - hold[2]
-    lc._change_hold(f["order_id"], delta, touched, out, f"amend of {f['order_id']}")
+    lc._change_hold(f["order_id"], delta, touched, out, "amend of ", f["order_id"])
 
 
 def _order_closed(lc: LedgerCheck, f: Fact, touched: Touched, out: list[Problem]) -> None:
     oid = f["order_id"]
-    hold = lc._change_hold(oid, -f["released"], touched, out, f"close of {oid}")
+    hold = lc._change_hold(oid, -f["released"], touched, out, "close of ", oid)
     if hold is not None:
         if hold[2] != 0:
             out.append(("hold_not_released", f"order {oid} closed with {hold[2]} still held"))

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from domain.commands import COMMANDS, request_id_for
 from engine.exchange import Exchange, RequestRecord, canonical
 
@@ -201,7 +203,7 @@ class Reexecution:
             "last_hash": o.hash,
             "state": self.engine.to_state(),
         }
-        bad = sorted(k for k in want if canonical(snap.get(k)) != canonical(want[k]))
+        bad = sorted(k for k in want if not _same_json(snap.get(k), want[k]))
         if bad:
             v(
                 "snapshot_mismatch",
@@ -247,6 +249,21 @@ class Reexecution:
             return
         for bad in self.engine.check_invariants():
             v("engine_invariant", f"{bad.code} {bad.subject}: {bad.message}")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """``canonical(a) == canonical(b)`` for JSON values (a decoded snapshot, ``to_state``).
+
+    orjson's sorted-key bytes first, an order of magnitude cheaper on a state of thousands of
+    orders: two JSON values it writes the same are the same value (same types, numbers, strings,
+    keys), which ``canonical`` writes the same too. Anything else (bytes that differ, a value
+    orjson refuses) is decided by ``canonical`` itself."""
+    try:
+        if orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS):
+            return True
+    except (orjson.JSONEncodeError, TypeError):
+        pass
+    return canonical(a) == canonical(b)
 
 
 def describe_difference(recorded: list[Fact], executed: list[Fact]) -> str:
