@@ -111,7 +111,8 @@ def _server_cpu(settings: Settings) -> float | None:
 def build_info() -> str:
     """Which build runs: how many of ``setup.py``'s compiled modules on the rebuild's path are C
     extensions (the projection folds and their base, and the engine modules they import)."""
-    names = ["projections.base", *sorted({c.__module__ for c in PROJECTIONS.values()}),
+    names = ["projections.base", "projections.outcomes",
+             *sorted({c.__module__ for c in PROJECTIONS.values()}),
              "domain.amounts", "domain.markets", "engine.jsondecode"]
     return describe(names, "rebuild-path")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.log import RecordedOutcome
 from projections.base import LISTINGS, Keyed, Projection, RequestLookup, Row, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 COLUMNS = (
@@ -31,7 +31,7 @@ class Balances(Projection):
         self.rows = Keyed(self.t["balances"], ("account", "asset"), COLUMNS, ("available", "frozen"),
                           render=self.render)
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         if self.rows.in_memory:
             return
         for o in events:
@@ -40,7 +40,7 @@ class Balances(Projection):
                     self.rows.want((account, asset))
         self.rows.load(tx)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         rows = self.rows
         get, put = rows.get, rows.put
         time, position = o.time, o.position

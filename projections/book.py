@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.log import RecordedOutcome
 from projections.base import Appends, Keyed, Projection, RequestLookup, Row, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 LEVEL = ("market", "side", "price", "quantity", "price_str", "quantity_str")
@@ -48,7 +48,7 @@ class Book(Projection):
                            complete=True)
         self.changes = Appends(self.t["book_changes"], CHANGE, ("price", "quantity"))
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         for o in () if self.orders.in_memory else events:
             for f in o.facts:
                 kind = f["type"]
@@ -76,7 +76,7 @@ class Book(Projection):
         else:
             levels.put({"market": market, "side": side, "price": price, "quantity": new}, key)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         before: dict[tuple[str, str, int], int] = {}
         totals: dict[str, int] = {}  # order id → total lots, from this outcome's facts
         adjust = self._adjust
@@ -133,7 +133,7 @@ class Book(Projection):
             raise LookupError(f"maker order {order_id} is not in the book")
         return row
 
-    def _record(self, o: RecordedOutcome, before: Mapping[tuple[str, str, int], int]) -> None:
+    def _record(self, o: DecodedOutcome, before: Mapping[tuple[str, str, int], int]) -> None:
         """One sequence per market whose depth this outcome changed."""
         changed: dict[str, list[tuple[str, int, int]]] = {}
         for (market, side, price), old in before.items():

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from domain.amounts import format_units
-from engine.log import RecordedOutcome
 from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 PERIODS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "1d": 86400}
@@ -35,7 +35,7 @@ class Candles(Projection):
         self.rows = Keyed(self.t["candles"], ("market", "period", "open_time"), COLUMNS, BIG,
                           render=self.render, max_cached=50_000)
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         if self.rows.in_memory:
             return
         for o in events:
@@ -48,7 +48,7 @@ class Candles(Projection):
                         self.rows.want((f["market"], period, t - t % seconds))
         self.rows.load(tx)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         t: int | None = None
         for f in o.facts:
             if f["type"] != "TradeExecuted":

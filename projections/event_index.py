@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.exchange import RequestRecord
-from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, outcome_event_id
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 REJECTIONS = ("OrderRejected", "AmendRejected", "CancelRejected", "RequestRejected")
@@ -34,7 +34,7 @@ class OutcomeIndex(Projection):
         )
         self._types: dict[tuple[Any, ...], str] = {}
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         first = o.facts[0] if o.facts else None
         rejection = first if first is not None and first["type"] in REJECTIONS else None
         rejected = rejection is not None

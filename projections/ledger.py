@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.log import RecordedOutcome
 from projections.base import (
     Appends,
     Memo,
@@ -19,6 +18,7 @@ from projections.base import (
     units_memo,
     words,
 )
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 COLUMNS = (
@@ -40,7 +40,7 @@ class Ledger(Projection):
         self.rows = Appends(self.t["ledger"], COLUMNS, ("available_delta", "frozen_delta"))
         self.formats: dict[str, Memo] = {}  # asset → its amounts' strings
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         event_id: str | None = None
         formats = self.formats
         add = self.rows.pending.append

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.log import RecordedOutcome
 from projections.base import Appends, Keyed, Projection, RequestLookup, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 MARKET_COLUMNS = (
@@ -32,7 +32,7 @@ class Markets(Projection):
     def begin(self, tx: Tx, events: object) -> None:
         self.markets.load(tx)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             kind = f["type"]
             if kind == "AssetListed":

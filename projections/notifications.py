@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 KINDS = (
@@ -45,7 +45,7 @@ class Notifications(Projection):
     def dump_state(self) -> dict[str, Any]:
         return {**super().dump_state(), "last_id": self.last_id}
 
-    def _notify(self, o: RecordedOutcome, user_id: Any, kind: str, data: dict[str, Any]) -> None:
+    def _notify(self, o: DecodedOutcome, user_id: Any, kind: str, data: dict[str, Any]) -> None:
         if not isinstance(user_id, str):
             return  # a request without a known user: nobody to tell
         self.last_id += 1
@@ -53,7 +53,7 @@ class Notifications(Projection):
         body = json.dumps(data, sort_keys=True, separators=(",", ":"))
         self.rows.add(self.last_id, user_id, kind, body, o.time, o.position)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             kind = f["type"]
             if kind == "OrderClosed":

@@ -17,8 +17,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 from domain.amounts import format_units
-from engine.log import RecordedOutcome
 from projections.base import Keyed, Projection, RequestLookup, Row, units_str, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 COLUMNS = (
@@ -83,7 +83,7 @@ class Orders(Projection):
         super().__init__(names, lookup)
         self.rows = Keyed(self.t["orders"], ("order_id",), COLUMNS, BIG, render=self.render)
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         if self.rows.in_memory:
             return
         for o in events:
@@ -102,7 +102,7 @@ class Orders(Projection):
             raise LookupError(f"order {order_id} has no accepted row")
         return row
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             kind = f["type"]
             if kind == "OrderAccepted":
@@ -133,11 +133,11 @@ class Orders(Projection):
             else:
                 self.listing(f)
 
-    def _touch(self, row: Row, o: RecordedOutcome) -> None:
+    def _touch(self, row: Row, o: DecodedOutcome) -> None:
         row["updated_at"], row["position"] = o.time, o.position
         self.rows.put(row, (row["order_id"],))
 
-    def _accepted(self, o: RecordedOutcome, f: Mapping[str, Any]) -> None:
+    def _accepted(self, o: DecodedOutcome, f: Mapping[str, Any]) -> None:
         market = self.catalog.markets[f["market"]]
         row: Row = dict.fromkeys(COLUMNS)
         row.update(
@@ -151,7 +151,7 @@ class Orders(Projection):
         )
         self.rows.put(row)
 
-    def _rejected(self, o: RecordedOutcome, f: Mapping[str, Any]) -> None:
+    def _rejected(self, o: DecodedOutcome, f: Mapping[str, Any]) -> None:
         cmd = (self.lookup(o.request_id) if self.lookup else None) or {}
         market = self.catalog.markets.get(f["market"]) if isinstance(f["market"], str) else None
         side = f["side"]

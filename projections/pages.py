@@ -7,11 +7,12 @@ So on PostgreSQL the projections read the rows themselves — the statement the 
 (``notification_id > after ORDER BY notification_id LIMIT n``: ids may have gaps, pages go by
 the last id seen, never by arithmetic; rows past a stop are dropped) — and decode them as
 ``engine.log.Logs.decode_outcome`` / ``decode_request`` do on their fast path: the timestamp as
-the only transcoded value, by the very functions ``Logs`` uses (``engine.log.timestamp_only``,
-``recorded_outcome``). Any other row (another topic, more transcoded values) is read again
-through the library and decoded by ``Logs`` itself, so what a projection sees is what ``Logs``
-would give, value for value (a test compares both over a whole log). Other stores (SQLite,
-POPO) are read through the library.
+the only transcoded value, by the very function ``Logs`` uses (``engine.log.timestamp_only``;
+the outcomes' fields are then those of ``Logs``' ``RecordedOutcome``: ``projections.outcomes``).
+Any other row (another topic, more transcoded values) is read again through the library and
+decoded by ``Logs`` itself, so what a projection sees is what ``Logs`` would give, value for
+value (a test compares both over a whole log). Other stores (SQLite, POPO) are read through the
+library.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from engine.exchange import RequestRecord
-from engine.log import Logs, Outcome, RecordedOutcome, Request, recorded_outcome, timestamp_only
+from engine.log import Logs, Request, timestamp_only
 
 
 class StoredRow(NamedTuple):
@@ -75,22 +76,12 @@ def _timestamp_only(row: StoredRow, topic: str) -> dict[str, Any] | None:
     return timestamp_only(row.state) if row.topic == topic else None
 
 
-def _notification(recorder: Any, position: int) -> Any:
+def notification_at(recorder: Any, position: int) -> Any:
     """The library's own notification at a position (the rare row decoded by ``Logs``)."""
     found = recorder.select_notifications(start=position, limit=1, stop=position)
     if not found:
         raise LookupError(f"no event at position {position} of {recorder.events_table_name}")
     return found[0]
-
-
-def decode_outcome(logs: Logs, row: Any) -> RecordedOutcome:
-    """An outcome as ``logs.decode_outcome`` gives it, from a ``StoredRow`` or a notification."""
-    if not isinstance(row, StoredRow):
-        return logs.decode_outcome(row)
-    data = _timestamp_only(row, Outcome.TOPIC)
-    if data is None:
-        return logs.decode_outcome(_notification(logs.exchange, row.id))
-    return recorded_outcome(row.id, row.originator_version, data)
 
 
 def decode_request(logs: Logs, row: Any) -> RequestRecord:
@@ -99,7 +90,7 @@ def decode_request(logs: Logs, row: Any) -> RequestRecord:
         return logs.decode_request(row)
     data = _timestamp_only(row, Request.TOPIC)
     if data is None or row.originator_id is None:
-        return logs.decode_request(_notification(logs.requests, row.id))
+        return logs.decode_request(notification_at(logs.requests, row.id))
     return RequestRecord(
         row.originator_id, row.id, data["timestamp"].isoformat(), data["actor"], data["command"]
     )

@@ -22,10 +22,8 @@ first error — over our own tracking table.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,10 +31,12 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from engine.log import Logs, RecordedOutcome
+from engine.log import Logs
 from projections.base import Projection, RequestLookup
 from projections.locks import ProjectionLock, acquire_many, release_many
-from projections.pages import decode_outcome, outcome_pages, request_pages
+from projections.outcomes import decode_ahead, lazy_page, mostly_decoded
+from projections.outcomes import relevant as relevant_events
+from projections.pages import outcome_pages, request_pages
 from projections.registry import PROJECTIONS
 from projections.store import ReadStore, Tx, open_read_store
 from projections.tracking import lock_tracking, record_error, save_tracking
@@ -79,94 +79,13 @@ class Source:
     head: Callable[[], int]
 
 
-class LazyOutcome:
-    """An outcome read from the exchange log, decoded on first use (``decoded()``).
-
-    A projection that cares about a few fact types (``Projection.interest``) skips the outcomes
-    that name none of them (found in the stored JSON by one regular expression per outcome,
-    shared by all projections), without decoding them; its tracking position still moves past
-    them.
-    """
-
-    __slots__ = ("_decoded", "_logs", "_n", "_names", "position")
-
-    def __init__(self, logs: Logs, stored: Any) -> None:
-        """``stored``: a ``projections.pages.StoredRow`` or the library's notification."""
-        self.position: int = stored.id
-        self._n = stored
-        self._logs = logs
-        self._decoded: RecordedOutcome | None = None
-        self._names: frozenset[bytes] | None = None
-
-    def names(self) -> frozenset[bytes] | None:
-        """The fact types and command it names (and ``postings`` if any), read from the stored
-        JSON without decoding it; None if the state is not plain JSON (then: decode)."""
-        if self._names is None and self._decoded is not None:
-            # decoded already (for a projection that reads every outcome): its facts say it
-            o = self._decoded
-            kinds = [t for f in o.facts if isinstance(f, dict) and isinstance(t := f.get("type"), str)]
-            if len(kinds) == len(o.facts):
-                found = {t.encode() for t in kinds}
-                if isinstance(o.command, str):
-                    found.add(o.command.encode())
-                if any("postings" in f for f in o.facts):
-                    found.add(b"postings")
-                self._names = frozenset(found)
-        if self._names is None:
-            state = self._n.state
-            if not state.startswith(b"{"):
-                return None
-            types = _TYPES.findall(state)
-            if len(types) != state.count(b'"type"'):  # one the expression missed: decode
-                return None
-            found = {*types, *_COMMAND.findall(state)}
-            if b'"postings"' in state:
-                found.add(b"postings")
-            self._names = frozenset(found)
-        return self._names
-
-    def decoded(self) -> RecordedOutcome:
-        if self._decoded is None:
-            self._decoded = decode_outcome(self._logs, self._n)
-        return self._decoded
-
-    @property
-    def is_decoded(self) -> bool:
-        return self._decoded is not None
-
-    def decode_ahead(self) -> None:
-        """Decode now if it decodes; if not, the projection that needs it will try again and
-        stop there, as it would have without this (one it does not interest never fails)."""
-        if self._decoded is None:
-            with contextlib.suppress(Exception):
-                self._decoded = decode_outcome(self._logs, self._n)
-
-
-_TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
-_COMMAND = re.compile(rb'"command"\s*:\s*"(\w+)"')
-
-
-def _relevant(events: Sequence[Any], interest: frozenset[bytes] | None) -> list[Any]:
-    """The events a projection must apply, decoded (a page's others it only tracks past)."""
-    out = []
-    for e in events:
-        if isinstance(e, LazyOutcome):
-            if interest is not None:
-                names = e.names()
-                if names is not None and interest.isdisjoint(names):
-                    continue
-            e = e.decoded()
-        out.append(e)
-    return out
-
-
 def log_sources(logs: Logs) -> dict[str, Source]:
     """Both logs, paged by the last position seen (``projections.pages``: read straight from
     PostgreSQL, through the library elsewhere)."""
     outcomes = outcome_pages(logs)
 
     def read_outcomes(after: int, limit: int, until: int | None) -> Sequence[Any]:
-        return [LazyOutcome(logs, n) for n in outcomes(after, limit, until)]
+        return lazy_page(logs, outcomes(after, limit, until))
 
     return {
         "exchange": Source("exchange", read_outcomes, logs.last_outcome_position),
@@ -265,12 +184,12 @@ class Follower:
         instance = self.instance
         interest = self.cls.interest
         if memo is None:
-            relevant = _relevant(todo, interest)
+            relevant = relevant_events(todo, interest)
         else:  # followers of one page share the filtering (and the decoding) of its events
             key = (interest, todo[0].position, todo[-1].position)
             relevant = memo.get(key)  # type: ignore[assignment]
             if relevant is None:
-                relevant = memo[key] = _relevant(todo, interest)
+                relevant = memo[key] = relevant_events(todo, interest)
         instance.begin(tx, relevant)
         for event in relevant:
             try:
@@ -355,8 +274,7 @@ def catch_up(
         if not page:
             break
         if decode_first:
-            for e in page:
-                e.decode_ahead()
+            decode_ahead(page)
         behind = [f for f in active if f.position is None or f.position < page[-1].position]
         together = _together(behind, page, after) if len(behind) > 1 else None
         if together is not None:
@@ -368,24 +286,12 @@ def catch_up(
                 except ProjectionFailed:
                     active.remove(f)
         pages += 1
-        decode_first = _mostly_decoded(page)
+        decode_first = mostly_decoded(page)
         if progress is not None:
             progress(source.name, page[-1].position, applied)
         if max_pages is not None and pages >= max_pages:
             break
     return applied
-
-
-def _mostly_decoded(page: Sequence[Any]) -> bool:
-    """The followers decoded at least 90 % of this page's outcomes: then the next page is
-    decoded first. An outcome's names for the interest filters come from its decoded facts
-    (~2 µs) instead of a search of its bytes (~4.6 µs) that nearly every outcome would follow
-    with its decoding anyway (~11 µs), as in a rebuild whose group lacks ``outcome_index``,
-    which decodes everything first. The names are the same either way (a test)."""
-    if not page or not isinstance(page[0], LazyOutcome):
-        return False
-    decoded = sum(1 for e in page if e.is_decoded)
-    return decoded * 10 >= len(page) * 9
 
 
 def _together(followers: Sequence[Follower], page: Sequence[Any], after: int) -> int | None:

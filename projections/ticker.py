@@ -15,8 +15,8 @@ from typing import Any
 
 from domain.amounts import format_units
 from domain.markets import Market
-from engine.log import RecordedOutcome
 from projections.base import Keyed, Projection, RequestLookup, Row, epoch_seconds, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 WINDOW_MINUTES = 1440
@@ -76,7 +76,7 @@ class Ticker(Projection):
         self.minutes: dict[str, set[int]] | None = None
         self.touched: set[str] = set()
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         self.buckets.load(tx)
         self.tickers.load(tx)
         if self.minutes is None:
@@ -84,7 +84,7 @@ class Ticker(Projection):
             for b in self.buckets.rows():
                 self.minutes.setdefault(b["market"], set()).add(b["minute"])
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         assert self.minutes is not None
         for f in o.facts:
             kind = f["type"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 COLUMNS = (
@@ -25,7 +25,7 @@ class Trades(Projection):
         super().__init__(names, lookup)
         self.rows = Appends(self.t["trades"], COLUMNS, ("price", "quantity", "quote_quantity"))
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             if f["type"] != "TradeExecuted":
                 self.listing(f)

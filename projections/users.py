@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from engine.log import RecordedOutcome
 from projections.base import Appends, Projection, RequestLookup, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 
@@ -25,7 +25,7 @@ class Users(Projection):
             self.t["users"], ("user_id", "username", "password_hash", "roles", "created_at", "position")
         )
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             if f["type"] == "UserRegistered":
                 self.rows.add(

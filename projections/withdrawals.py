@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.log import RecordedOutcome
 from projections.base import Keyed, Projection, RequestLookup, words
+from projections.outcomes import DecodedOutcome
 from projections.store import Tx
 
 COLUMNS = (
@@ -36,7 +36,7 @@ class Withdrawals(Projection):
         super().__init__(names, lookup)
         self.rows = Keyed(self.t["withdrawals"], ("withdrawal_id",), COLUMNS, ("amount",))
 
-    def begin(self, tx: Tx, events: Sequence[RecordedOutcome]) -> None:
+    def begin(self, tx: Tx, events: Sequence[DecodedOutcome]) -> None:
         if self.rows.in_memory:
             return
         for o in events:
@@ -45,7 +45,7 @@ class Withdrawals(Projection):
                     self.rows.want((f["withdrawal_id"],))
         self.rows.load(tx)
 
-    def apply(self, o: RecordedOutcome) -> None:
+    def apply(self, o: DecodedOutcome) -> None:
         for f in o.facts:
             kind = f["type"]
             if kind == "WithdrawalRequested":
