@@ -53,6 +53,7 @@ COMPILED = [
     "projections/ledger.py",
     "projections/markets.py",
     "projections/notifications.py",
+    "projections/outcomes.py",
     "projections/orders.py",
     "projections/ticker.py",
     "projections/trades.py",
