@@ -182,7 +182,23 @@ def scalar_json(value: Any) -> str:
 
 
 
+def _undecided_head(o: Undecided) -> str:
+    """``_chain_hash``'s head of an ``Undecided``, its scalars written directly: its strings are
+    free of what JSON escapes (the reader's pattern admits no quote, backslash or control
+    character), so their JSON is the string in quotes, and its seq and request position are
+    ints (typed), written as json writes them."""
+    actor, command = o.actor, o.command
+    a = "null" if actor is None else f'"{actor}"'
+    c = "null" if command is None else f'"{command}"'
+    return f'{o.prev_hash}[{o.seq},"{o.request_id}",{o.request_position},"{o.time}",{a},{c},'
+
+
 def _chain_hash(o: Outcome) -> str:
+    if type(o) is Undecided:
+        h = hashlib.sha256(_undecided_head(o).encode())
+        h.update(o.facts_json)
+        h.update(b"]")
+        return h.hexdigest()
     facts_json = getattr(o, "facts_json", None)
     if facts_json is None:
         body = _encode([o.seq, o.request_id, o.request_position, o.time, o.actor, o.command, o.facts])
