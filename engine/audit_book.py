@@ -118,8 +118,8 @@ class BookCheck:
             order = self.orders.get(oid)
             if order is not None and not order.resting:
                 out.append(("order_unresolved", f"order {oid} neither rests nor is closed after its outcome"))
-        sides = self.sides
-        for market in sorted(self._touched):
+        sides, touched = self.sides, self._touched
+        for market in touched if len(touched) < 2 else sorted(touched):  # sorted: a fixed order
             # a level's key is its orders' price (bids: minus it), so the best prices are the keys
             bids, asks = sides.get((market, "buy")), sides.get((market, "sell"))
             if bids and asks:

@@ -264,7 +264,12 @@ def _trade_executed(lc: LedgerCheck, f: Fact, touched: Touched, out: list[Proble
     _fee(f, tid, "taker", f["taker_fee"], f["taker_fee_asset"], taker_fee, taker_asset, fees_by_asset, out)
     _fee(f, tid, "maker", f["maker_fee"], f["maker_fee_asset"], maker_fee, maker_asset, fees_by_asset, out)
     credited: dict[str, int] = {}
-    for account, asset, d_available, _d_frozen in f["postings"]:
+    for posting in f["postings"]:
+        if type(posting) is list and len(posting) == 4:  # by index, as in _post
+            row4: list[Any] = posting
+            account, asset, d_available = row4[0], row4[1], row4[2]
+        else:
+            account, asset, d_available, _d_frozen = posting
         if account == FEES:
             credited[asset] = credited.get(asset, 0) + d_available
     # equal dicts stay equal with their zero entries left out: filter only when they differ
