@@ -53,14 +53,27 @@ class Ledger(Projection):
             if event_id is None:
                 event_id = outcome_event_id(o.request_id)
             kind = snake(f["type"])
-            ref = next((str(f[k]) for k in REF_FIELDS if f.get(k) is not None), None)
+            ref: str | None = None
+            for k in REF_FIELDS:  # the first one present (a loop: no generator per fact)
+                value = f.get(k)
+                if value is not None:
+                    ref = str(value)
+                    break
             for account, asset, d_available, d_frozen in postings:
                 units = formats.get(asset)
                 if units is None:
                     units = formats[asset] = units_memo(self.catalog.assets[asset])
+                # the memo's strings looked up here, ``units(x)`` only on a miss
+                strings = units.memo
+                available = strings.get(d_available)
+                if available is None:
+                    available = units(d_available)
+                frozen = strings.get(d_frozen)
+                if frozen is None:
+                    frozen = units(d_frozen)
                 add((
                     position, index, account, asset, kind, ref, event_id, d_available,
-                    d_frozen, units(d_available), units(d_frozen), time,
+                    d_frozen, available, frozen, time,
                 ))
 
     def flush(self, tx: Tx) -> None:

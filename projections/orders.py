@@ -31,6 +31,7 @@ COLUMNS = (
 BIG = ("price", "quantity", "quote_quantity", "filled", "filled_quote", "fee")
 OPEN = ("open", "partially_filled")
 TOUCHING = ("TradeExecuted", "OrderBooked", "OrderAmended", "OrderClosed")
+SIDES = (("maker_order_id", "maker_fee"), ("taker_order_id", "taker_fee"))  # a trade's two orders
 
 
 def _text(value: Any) -> str | None:
@@ -110,11 +111,11 @@ class Orders(Projection):
             elif kind == "OrderRejected":
                 self._rejected(o, f)
             elif kind == "TradeExecuted":
-                for role in ("maker", "taker"):
-                    row = self._order(f[f"{role}_order_id"])
+                for order_key, fee_key in SIDES:
+                    row = self._order(f[order_key])
                     row["filled"] += f["quantity"]
                     row["filled_quote"] += f["quote_amount"]
-                    row["fee"] += f[f"{role}_fee"]
+                    row["fee"] += f[fee_key]
                     if row["status"] == "open":
                         row["status"] = "partially_filled"
                     self._touch(row, o)
@@ -139,16 +140,21 @@ class Orders(Projection):
 
     def _accepted(self, o: DecodedOutcome, f: Mapping[str, Any]) -> None:
         market = self.catalog.markets[f["market"]]
-        row: Row = dict.fromkeys(COLUMNS)
-        row.update(
-            order_id=f["order_id"], user_id=f["user_id"], client_order_id=f["client_order_id"],
-            market=f["market"], side=f["side"], type=f["order_type"], price=f["price"],
-            quantity=f["quantity"], quote_quantity=f["quote_quantity"], filled=0, filled_quote=0,
-            fee=0, fee_asset=market.base if f["side"] == "buy" else market.quote,
-            time_in_force=f["time_in_force"], post_only=bool(f["post_only"]),
-            self_trade_prevention=f["self_trade_prevention"], status="open",
-            created_at=o.time, updated_at=o.time, created_position=o.position, position=o.position,
-        )
+        # every column at once (not ``dict.fromkeys`` then ``update``): most outcomes accept one
+        row: Row = {
+            "order_id": f["order_id"], "user_id": f["user_id"],
+            "client_order_id": f["client_order_id"], "market": f["market"], "side": f["side"],
+            "type": f["order_type"], "price": f["price"], "quantity": f["quantity"],
+            "quote_quantity": f["quote_quantity"], "filled": 0, "filled_quote": 0, "fee": 0,
+            "price_str": None, "quantity_str": None, "quote_quantity_str": None,
+            "filled_str": None, "remaining_str": None, "filled_quote_str": None,
+            "average_price_str": None, "fee_str": None,
+            "fee_asset": market.base if f["side"] == "buy" else market.quote,
+            "time_in_force": f["time_in_force"], "post_only": bool(f["post_only"]),
+            "self_trade_prevention": f["self_trade_prevention"], "status": "open",
+            "reject_reason": None, "reject_message": None, "created_at": o.time,
+            "updated_at": o.time, "created_position": o.position, "position": o.position,
+        }
         self.rows.put(row)
 
     def _rejected(self, o: DecodedOutcome, f: Mapping[str, Any]) -> None:
