@@ -15,7 +15,7 @@ called through a vtable by compiled code, so a test that monkeypatches one runs 
 only (``scripts/test.sh``).
 
 Left out of ``COMPILED`` (they stay Python in the compiled build too):
-``domain/commands.py`` (pydantic models), ``domain/orders.py`` (``cls.__new__`` in a classmethod),
+``domain/commands.py`` (pydantic models),
 ``engine/log.py`` (eventsourcing's ``DomainEvent`` metaclass), ``engine/sequencer.py``
 (subclasses a builtin), and the modules that are I/O and glue (``api``, ``spotex``, and in
 ``projections`` the store, runner, rebuild, pages, queries, workers and delivery).
@@ -31,6 +31,7 @@ COMPILED = [
     "domain/amounts.py",
     "domain/ledger.py",
     "domain/markets.py",
+    "domain/orders.py",
     "engine/appliers.py",
     "engine/audit.py",
     "engine/audit_book.py",

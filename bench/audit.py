@@ -210,8 +210,8 @@ def streaming(settings: Settings, until: int) -> tuple[int, float]:
 
 def build_info() -> str:
     """Which build runs: the compiled modules (``setup.py``'s list) that are C extensions."""
-    names = ["domain.ledger", "engine.exchange", "engine.handlers", "engine.trading", "engine.book",
-             "engine.appliers", "engine.audit", "engine.audit_reexec", "engine.audit_ledger",
+    names = ["domain.ledger", "domain.orders", "engine.exchange", "engine.handlers", "engine.trading",
+             "engine.book", "engine.appliers", "engine.audit", "engine.audit_reexec", "engine.audit_ledger",
              "engine.audit_book", "engine.audit_decode", "spotex.audit_cli"]
     return describe(names, "audit-path")
 

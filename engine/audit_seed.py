@@ -22,13 +22,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from domain.orders import Order
+from domain.orders import FIELDS
 from engine.audit_book import BookCheck, _Order
 from engine.audit_ledger import LedgerCheck, _MarketTerms
 
 
 class _OrderRow:
-    """The fields of a stored order row (``Order.to_state``: its values in ``Order.__slots__``
+    """The fields of a stored order row (``Order.to_state``: its values in ``FIELDS``
     order) that the folds read, taken by index: an ``Order`` built per row by ``setattr`` per
     slot cost more than the rest of seeding (a snapshot of the 1M log holds ~10,000 open
     orders, and each segment seeds its folds at its start and again at its end)."""
@@ -43,7 +43,7 @@ class _OrderRow:
         self.filled, self.hold, self.hold_asset = row[_FILLED], row[_HOLD], row[_HOLD_ASSET]
 
 
-_SLOTS: tuple[str, ...] = Order.__slots__
+_SLOTS: tuple[str, ...] = FIELDS
 _ORDER_ID, _USER_ID, _MARKET, _SIDE, _PRICE, _QUANTITY, _FILLED, _HOLD, _HOLD_ASSET = (
     _SLOTS.index(name)
     for name in ("order_id", "user_id", "market", "side", "price", "quantity", "filled", "hold", "hold_asset")

@@ -315,3 +315,22 @@ def test_stp_does_not_let_a_fok_count_the_users_own_orders(own_ask_first: Scenar
     s.when_rejected(s.alice.buy("100", "0.4", "fok", tif="FOK"), "fok_not_filled")
     then = s.when(s.alice.buy("100", "0.3", "fok-2", tif="FOK"))
     assert then.trades == [("carol-99", "fok-2", 99, 10), ("bob-100", "fok-2", 100, 20)]
+
+
+# -- an order's row in a snapshot -------------------------------------------------------------
+
+
+def test_an_orders_snapshot_row_holds_each_field_at_its_place_in_FIELDS() -> None:
+    """Stored snapshots are read by position: ``to_state`` writes, and ``from_state`` reads, each
+    field where ``FIELDS`` names it (distinct values, so a swap of two fields shows)."""
+    from domain.orders import FIELDS, Order
+
+    order = Order("o1", "u1", "BTC-USDT", "sell", "limit", 101, 102, None, 103, "BTC", "GTC", True,
+                  "cancel_newest", "c1")
+    order.remaining, order.filled, order.filled_quote, order.booked = 104, 105, 106, True
+    row = order.to_state()
+    assert dict(zip(FIELDS, row, strict=True)) == {name: getattr(order, name) for name in FIELDS}
+    restored = Order.from_state(row)
+    assert restored.to_state() == row
+    with pytest.raises(ValueError):
+        Order.from_state(row[:-1])
