@@ -18,7 +18,10 @@
 
 Prints requests/s, p50/p90/p99 latencies per phase, and the CPU time per request of the server
 process and of the PostgreSQL backends (from /proc), which a noisy machine distorts far less
-than the rates. Figures are recorded in ``docs/performance.md`` with the machine.
+than the rates. While each phase runs, ``/readyz`` is sampled every 0.25 s: the engine's lag
+(requests appended, not yet decided) and the most-behind read model's lag (positions of its
+log), with how long after the load stopped everything had caught up. Figures are recorded in
+``docs/performance.md`` with the machine.
 
 An earlier version drove the load from an httpx asyncio loop in this process: httpx itself
 saturated at ~200 requests/s here, so it measured the client, not the server.
@@ -35,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -119,6 +123,49 @@ def wrk(url: str, connections: int, threads: int, seconds: float, script: Path |
         row["errors"] = float(non2xx.group(1)) if non2xx else 0.0
     row["raw"] = out
     return row
+
+
+class LagSampler(threading.Thread):
+    """``/readyz`` every ``every`` seconds until stopped: the engine's lag (requests) and the
+    largest lag of any read model (positions of the log it follows), as the api reports them."""
+
+    def __init__(self, url: str, every: float = 0.25) -> None:
+        super().__init__(name="lag-sampler", daemon=True)
+        self.url, self.every = url, every
+        self.engine: list[int] = []
+        self.models: list[int] = []
+        self.failed = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._done.wait(self.every):
+                try:
+                    engine, models = lags(client.get(self.url + "/readyz").json())
+                except (httpx.HTTPError, ValueError, KeyError):
+                    self.failed += 1
+                    continue
+                self.engine.append(engine)
+                self.models.append(models)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def summary(self) -> str:
+        def spread(values: list[int]) -> str:
+            ordered = sorted(values)
+            return f"median {ordered[len(ordered) // 2]:,}, max {ordered[-1]:,}" if ordered else "—"
+
+        failed = f", {self.failed} samples unanswered" if self.failed else ""
+        return (f"lag while loaded ({len(self.engine)} samples{failed}): engine {spread(self.engine)} "
+                f"requests; read models (the most behind) {spread(self.models)} positions")
+
+
+def lags(ready: dict[str, Any]) -> tuple[int, int]:
+    """The engine's lag and the largest read model's lag in a ``/readyz`` answer."""
+    models = [p.get("lag", 0) for p in ready.get("projections", {}).values()]
+    return int(ready["engine"].get("lag", 0)), int(max(models, default=0))
 
 
 def report(name: str, row: dict[str, Any], server_cpu: float | None = None, pg_cpu: float | None = None,
@@ -291,21 +338,29 @@ def main() -> int:
             procs, backends = pids(), postgres_backends(database)
             before, pg_before = cpu_seconds(procs), cpu_seconds(backends)
             first_before = cpu_seconds(procs[:1])
-            row = wrk(url, args.connections, args.threads, args.seconds, LUA,
-                      ["?wait=true" if wait else "-", *tokens])
+            sampler = LagSampler(url)
+            sampler.start()
+            try:
+                row = wrk(url, args.connections, args.threads, args.seconds, LUA,
+                          ["?wait=true" if wait else "-", *tokens])
+            finally:
+                sampler.stop()
+            unloaded = time.monotonic()
             rows.append(report(f"place+cancel {'wait=true' if wait else 'no wait (202)'}", row,
                                cpu_seconds(procs) - before,
                                cpu_seconds(backends) - pg_before if backends else None,
                                cpu_seconds(procs[:1]) - first_before))
             # let the engine and the read models finish what the phase appended
-            deadline = time.monotonic() + 120
+            deadline = unloaded + 120
+            caught_up = None
             while time.monotonic() < deadline:
-                ready = httpx.get(url + "/readyz").json()
-                lags = [ready["engine"].get("lag", 0)] + [
-                    p.get("lag", 0) for p in ready.get("projections", {}).values()]
-                if max(lags) == 0:
+                if max(lags(httpx.get(url + "/readyz").json())) == 0:
+                    caught_up = time.monotonic() - unloaded
                     break
-                time.sleep(0.5)
+                time.sleep(0.1)
+            after = "not caught up within 120 s" if caught_up is None else \
+                f"all caught up {caught_up:.1f} s after the load stopped"
+            print(f"{'':<34} {sampler.summary()}; {after}", flush=True)
         ready = httpx.get(url + "/readyz").json()
         print(f"after the run: engine lag {ready['engine'].get('lag')}", flush=True)
     finally:
