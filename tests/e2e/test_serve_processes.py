@@ -127,6 +127,14 @@ def readyz_until(server_url: str, check: Callable[[httpx.Response], bool], secon
         time.sleep(0.2)
 
 
+def listed_for_alice(server: Any) -> tuple[dict[str, int], Api]:
+    """serve's children by name, and alice logged in, once BTC-USDT is listed and she is funded."""
+    named = children(server.proc.pid)
+    anon = Api(server.url)
+    listed(anon.login("admin", "admin"))
+    return named, anon.login("alice", "alice")
+
+
 def started_again(server: Any, name: str, old: int, seconds: float = 30) -> int:
     """The pid of serve's child ``name`` once it is another process than ``old``."""
     deadline = time.monotonic() + seconds
@@ -147,10 +155,7 @@ def test_a_killed_read_model_child_is_started_again_and_catches_up(
     serve after draining every acknowledged request."""
     server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
     try:
-        named = children(server.proc.pid)
-        anon = Api(server.url)
-        listed(anon.login("admin", "admin"))
-        alice = anon.login("alice", "alice")
+        named, alice = listed_for_alice(server)
         os.kill(named["spotex-models"], signal.SIGKILL)
         acknowledged = place(alice, 20, "after-kill")
         started_again(server, "spotex-models", named["spotex-models"])
@@ -179,10 +184,7 @@ def test_a_killed_engine_child_is_started_again_from_the_logs(tmp_path: Path, po
     once; when serve itself is SIGKILLed afterwards, none of its children lingers."""
     server = start_server(tmp_path, {"SPOTEX_DATABASE_URL": postgres_url})
     try:
-        named = children(server.proc.pid)
-        anon = Api(server.url)
-        listed(anon.login("admin", "admin"))
-        alice = anon.login("alice", "alice")
+        named, alice = listed_for_alice(server)
         before = place(alice, 20, "before-kill")
         os.kill(named["spotex-engine"], signal.SIGKILL)
         during = place(alice, 20, "engine-down")  # acknowledged: appended to the requests log
