@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -701,3 +701,23 @@ TestEngineAgainstReference.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+# -- a trade's postings: built directly, as merging them would ---------------------------------
+
+_ACCOUNTS = st.sampled_from(["alice", "bob", "@fees"])
+_ASSETS = st.sampled_from(["BTC", "USDT"])
+_DELTAS = st.integers(min_value=-(10**20), max_value=10**20) | st.just(0)
+
+
+@given(_ACCOUNTS, _ACCOUNTS, _ASSETS, _ASSETS, st.lists(_DELTAS, min_size=7, max_size=7))
+def test_a_trades_postings_are_what_merging_its_six_rows_gives(
+        t: str, m: str, paid: str, got: str, d: list[int]) -> None:
+    """Given any taker, maker and pair of assets (the same ones included) and any deltas (zeros
+    included), ``_trade_postings`` gives exactly ``merge_postings`` of the trade's six rows, in
+    the same order: the bytes of a trade's outcome do not depend on which path built them."""
+    from engine.trading import _trade_postings, merge_postings
+
+    rows = ((t, paid, d[0], d[1]), (t, got, d[2], 0), (m, got, 0, d[3]), (m, paid, d[4], 0),
+            ("@fees", got, d[5], 0), ("@fees", paid, d[6], 0))
+    assert _trade_postings(t, m, paid, got, d[0], d[1], d[2], d[3], d[4], d[5], d[6]) == merge_postings(*rows)
