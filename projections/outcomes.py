@@ -25,6 +25,7 @@ from projections.pages import StoredRow, notification_at
 _TYPES = re.compile(rb'"type"\s*:\s*"(\w+)"')
 _COMMAND = re.compile(rb'"command"\s*:\s*"(\w+)"')
 
+
 class DecodedOutcome:
     """An outcome as the folds read it: the fields of ``engine.log.RecordedOutcome``, with the
     same values. A class compiled with the folds (``setup.py``): they read its fields without a
