@@ -396,10 +396,10 @@ def test_a_worker_killed_mid_segment_leaves_the_rest_to_this_process(
     recorded: tuple[Store, list[Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Given the audit on two workers, each holding a segment (held there by a lock on the
-    exchange log's table, taken once the workers exist, so after the parent's own reads), when
-    one is SIGKILLed (as the OOM killer would), then the audit neither waits for ever for the
-    lost segment nor drops it: it says so and audits the rest itself, with the report of an
-    audit in one process."""
+    exchange log's table, taken once the workers exist: the parent has read that table by then,
+    and reads only the snapshots' table after it), when one is SIGKILLed (as the OOM killer
+    would), then the audit neither waits for ever for the lost segment nor drops it: it says
+    so and audits the rest itself, with the report of an audit in one process."""
     store, _ = recorded
     if store.kind != "postgres":
         pytest.skip("a worker is held mid-segment by a PostgreSQL table lock")
