@@ -376,6 +376,35 @@ def test_the_audit_in_segments_finds_what_one_run_finds(
         assert set(split["seconds"]) == runs
 
 
+@pytest.mark.parametrize("snapshots", ["kept", "deleted"])
+def test_the_workers_start_before_the_snapshots_are_read_and_only_when_there_are_some(
+    recorded: tuple[Store, list[Any]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    snapshots: str,
+) -> None:
+    """Given a log with stored snapshots, when it is audited with ``--jobs 2``, then its
+    workers are started first, so that their start overlaps the parent's reading of the
+    snapshots; given the same log without snapshots, no worker is started at all (one run in
+    this process), and the report is the same."""
+    store, _ = recorded
+    code, alone = run_audit(capsys, "--jobs", "1")
+    if snapshots == "deleted":
+        with store.sql("exchange") as run:
+            run(f"DELETE FROM {'stored_snapshots' if store.kind == 'sqlite' else 'exchange_snapshots'}")
+    calls: list[str] = []
+    start_workers, read_snapshots = audit_cli.start_workers, audit_cli.read_snapshots
+    monkeypatch.setattr(audit_cli, "start_workers", lambda n: calls.append("start") or start_workers(n))
+    monkeypatch.setattr(audit_cli, "read_snapshots", lambda g: calls.append("read") or read_snapshots(g))
+    code_split, split = run_audit(capsys, "--jobs", "2")
+    if snapshots == "kept":
+        assert calls == ["start", "read"] and (split["jobs"], split["segments"]) == (2, 4)
+    else:
+        assert calls == ["read"] and (split["jobs"], split["segments"]) == (1, 1)
+    keys = ("state_hash", "head_hash", "facts", "assets", "outcomes", "requests")
+    assert code == code_split == 0 and {k: split[k] for k in keys} == {k: alone[k] for k in keys}
+
+
 def spawned_workers() -> list[int]:
     """This process's children that are multiprocessing's spawned workers (not its resource tracker)."""
     found = []
