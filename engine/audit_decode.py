@@ -200,19 +200,28 @@ def decode_request(n: Any) -> RequestRecord | Unreadable:
 
 
 def decode_request_row(row: StoredRow) -> RequestRecord | Unreadable:
-    """``decode_request`` of a row read as a plain tuple (see ``StoredRow``)."""
+    """``decode_request`` of a row read as a plain tuple (see ``StoredRow``). Its stream id is
+    PostgreSQL's ``uuid::text`` of a ``uuid`` column, which is always the canonical form
+    (lower-case hex, 8-4-4-4-12), so it is taken as it is: checking it again with the regular
+    expression cost ~3,500 instructions a request, ~1.6 % of an audited outcome."""
     position, stream, version, topic, state = row
-    return _request(position, stream, version, topic, state)
+    return _request(position, stream, version, topic, state, type(stream) is str)
 
 
-def _request(position: Any, stream: Any, version: Any, topic: Any, state: Any) -> RequestRecord | Unreadable:
+def _request(
+    position: Any, stream: Any, version: Any, topic: Any, state: Any, canonical: bool = False
+) -> RequestRecord | Unreadable:
+    """``canonical``: ``stream`` is a str known to be in the form ``str(UUID)`` gives."""
     try:
         if topic != "spotex:Request" or version != 1:
             raise ValueError(f"topic {topic!r} version {version} is not a request")
         d = _decode(state)
         if type(d["command"]) is not dict:
             raise ValueError("command must be an object")
-        rid = stream if type(stream) is str and _CANONICAL_UUID(stream) else str(_uuid(stream))
+        if canonical:
+            rid = stream
+        else:
+            rid = stream if type(stream) is str and _CANONICAL_UUID(stream) else str(_uuid(stream))
         return RequestRecord(rid, position, _time(d["timestamp"]), d["actor"], d["command"])
     except Exception as exc:
         error = f"the stored request does not decode: {exc!r}"
