@@ -123,11 +123,32 @@ _HEAD = re.compile(
     + rb',"request_position":(0|[1-9][0-9]{0,17}),"actor":(?:null|' + _STR + rb'),"command":(?:null|'
     + _STR + rb'),"facts":\['
 ).match
-# The tail, ``],"prev_hash":"<64 hex>","hash":"<64 hex>"}``, has a fixed length: it is decoded
-# (an ASCII tail is the only one that can match) and matched as a str, which gives both hashes
-# as they are kept. Slicing and stripping the bytes took more (a ``strip`` per hash).
-_TAIL = re.compile(r'\],"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})"\}').fullmatch
-_TAIL_LENGTH: Final = len('],"prev_hash":"') + 64 + len('","hash":"') + 64 + len('"}')
+# The tail, ``],"prev_hash":"<64 hex>","hash":"<64 hex>"}``, has a fixed length. Mapped byte for
+# byte with every hex digit made "0" (the rest left as it is), it must be ``_TAIL_SHAPE``: the
+# hashes are hex digits and everything else but the keys' own hex letters is in place; the two
+# keys are then compared as they are. A regular expression over the tail took ~6,800
+# instructions an outcome, this ~2,800 (compiled).
+_PREV_HASH_KEY: Final = b'],"prev_hash":"'
+_HASH_KEY: Final = b'","hash":"'
+_PREV_AT: Final = len(_PREV_HASH_KEY)
+_HASH_KEY_AT: Final = _PREV_AT + 64
+_HASH_AT: Final = _HASH_KEY_AT + len(_HASH_KEY)
+_END_AT: Final = _HASH_AT + 64
+_HEX_TO_ZERO: Final = bytes(0x30 if b in b"0123456789abcdef" else b for b in range(256))
+_TAIL_SHAPE: Final = (_PREV_HASH_KEY + b"0" * 64 + _HASH_KEY + b"0" * 64 + b'"}').translate(_HEX_TO_ZERO)
+_TAIL_LENGTH: Final = len(_TAIL_SHAPE)
+
+
+def _tail_hashes(tail: bytes) -> tuple[str, str] | None:
+    """The two hashes of an outcome's tail (its last ``_TAIL_LENGTH`` bytes), or None if it is
+    not laid out as ``engine.log.encode_outcome`` writes it."""
+    if (
+        tail.translate(_HEX_TO_ZERO) != _TAIL_SHAPE
+        or tail[:_PREV_AT] != _PREV_HASH_KEY
+        or tail[_HASH_KEY_AT:_HASH_AT] != _HASH_KEY
+    ):
+        return None
+    return tail[_PREV_AT:_HASH_KEY_AT].decode("ascii"), tail[_HASH_AT:_END_AT].decode("ascii")
 
 
 def decode_outcome_head(n: Any) -> Undecided | StoredOutcome | Unreadable:
@@ -163,13 +184,10 @@ def _outcome_head(
     at = len(raw) - _TAIL_LENGTH  # the facts' closing bracket
     if at < head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
         return decoder(stored)
-    try:
-        tail = _TAIL(raw[at:].decode("ascii"))
-    except UnicodeDecodeError:
+    hashes = _tail_hashes(raw[at:])
+    if hashes is None:
         return decoder(stored)
-    if tail is None:
-        return decoder(stored)
-    prev_hash, digest = tail.groups()
+    prev_hash, digest = hashes
     try:
         time, rid, request_position, actor, command = head.groups()
         return Undecided(
