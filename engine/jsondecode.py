@@ -22,7 +22,8 @@ _stdlib_decode = json.JSONDecoder().decode  # json.loads(bytes) would sniff the 
 def has_float(value: Any) -> bool:
     """A float anywhere in a parsed JSON value. Walking the parsed values costs a fraction of
     scanning the bytes for long digit runs first (``bytes.translate`` over every byte), which
-    is how this was decided before: ~2,500 instructions a stored request."""
+    is how this was decided before: ~2,500 instructions a stored request. Two loops, not one
+    over an iterable: compiled, each is then the native walk of a dict's values or a list."""
     if isinstance(value, dict):
         for item in value.values():
             kind = type(item)
