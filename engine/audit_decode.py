@@ -182,25 +182,31 @@ def _outcome_head(
         return decoder(stored)
     raw: bytes = state  # bytes: the pattern matched it (typed, it is sliced natively)
     at = len(raw) - _TAIL_LENGTH  # the facts' closing bracket
-    if at < head.end() or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
+    end = head.end()
+    if at < end or stream not in (_EXCHANGE_TEXT, EXCHANGE_STREAM_ID):
         return decoder(stored)
     hashes = _tail_hashes(raw[at:])
     if hashes is None:
         return decoder(stored)
     prev_hash, digest = hashes
+    # The groups typed as bytes, so that compiled, each is decoded by a direct call (no method
+    # looked up by name on an untyped value, as with the tuple of ``groups()``).
+    time: bytes = head[1]
+    rid: bytes = head[2]
+    actor: bytes | None = head[4]
+    command: bytes | None = head[5]
     try:
-        time, rid, request_position, actor, command = head.groups()
         return Undecided(
             position,
             version,
             time.decode(),
             rid.decode(),
-            int(request_position),
+            int(head[3]),
             None if actor is None else actor.decode(),
             None if command is None else command.decode(),
             prev_hash,
             digest,
-            raw[head.end() - 1 : at + 1],
+            raw[end - 1 : at + 1],
             decoder,
             stored,
         )
